@@ -1,0 +1,3 @@
+from pcivm.cli import main
+
+raise SystemExit(main())
