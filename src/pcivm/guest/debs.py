@@ -35,10 +35,43 @@ def candidate_version(package: str) -> str:
     out = _run(["apt-cache", "policy", package])
     match = re.search(r"^\s*Candidate:\s*(\S+)", out, re.M)
     if not match or match.group(1) == "(none)":
-        raise GuestImageError(
-            f"package {package} is not known to apt (run 'apt-get update' first)"
-        )
+        raise GuestImageError(f"package {package} is not known to apt (run 'apt-get update' first)")
     return match.group(1)
+
+
+def candidate_records(packages: list[str]) -> dict[str, dict[str, str]]:
+    """The control fields of the version apt would download of each package, in one call.
+
+    One `apt-cache` run costs about half a second (it loads the whole cache), and the
+    image's freshness is checked on every use, so all packages are asked at once.
+    """
+    out = _run(["apt-cache", "show", "--no-all-versions", *packages])
+    records: dict[str, dict[str, str]] = {}
+    for paragraph in out.split("\n\n"):
+        fields = dict(re.findall(r"^([\w-]+):[ \t]*(.*)$", paragraph, re.M))
+        if "Package" in fields:
+            records.setdefault(fields["Package"], fields)
+    missing = [p for p in packages if p not in records]
+    if missing:
+        raise GuestImageError(
+            f"package {missing[0]} is not known to apt (run 'apt-get update' first)"
+        )
+    return records
+
+
+def pinned_dependency(fields: dict[str, str], prefix: str) -> tuple[str, str]:
+    """The first `Depends` entry named `prefix...` with an exact `(= version)` pin."""
+    for entry in fields.get("Depends", "").split(","):
+        match = re.fullmatch(r"\s*(\S+)\s*\(=\s*([^)\s]+)\s*\)\s*", entry)
+        if match and match.group(1).startswith(prefix):
+            return match.group(1), match.group(2)
+    raise GuestImageError(f"{fields.get('Package', '?')} has no pinned dependency on {prefix}*")
+
+
+def dependencies(package: str) -> list[str]:
+    """Names of the packages `package` depends on (first alternative of each entry)."""
+    out = _run(["apt-cache", "depends", package])
+    return re.findall(r"^\s*\|?Depends:\s*(\S+)", out, re.M)
 
 
 def kernel_package() -> str:
@@ -56,10 +89,12 @@ def kernel_release(kernel_pkg: str) -> str:
     return kernel_pkg.removeprefix("linux-image-")
 
 
-def download(package: str, dest: Path) -> Path:
-    """Fetch the candidate .deb of `package` into `dest` (once) and return its path."""
+def download(package: str, dest: Path, version: str | None = None) -> Path:
+    """Fetch the .deb of `package` (its candidate unless `version` is given) into `dest`
+    (once) and return its path."""
     dest.mkdir(parents=True, exist_ok=True)
-    version = candidate_version(package)
+    if version is None:
+        version = candidate_version(package)
     existing = _find_deb(dest, package, version)
     if existing:
         return existing
@@ -67,9 +102,7 @@ def download(package: str, dest: Path) -> Path:
     try:
         _run(["apt-get", "download", "-q", f"{package}={version}"], cwd=dest)
     except GuestImageError as exc:
-        raise GuestImageError(
-            f"cannot download {package} from the Debian archive: {exc}"
-        ) from exc
+        raise GuestImageError(f"cannot download {package} from the Debian archive: {exc}") from exc
     found = _find_deb(dest, package, version)
     if not found:
         raise GuestImageError(f"apt-get download {package} left no .deb in {dest}")
@@ -89,3 +122,25 @@ def extract(deb: Path, root: Path) -> None:
     """Unpack a .deb's files under `root` (no maintainer scripts run)."""
     root.mkdir(parents=True, exist_ok=True)
     _run(["dpkg-deb", "-x", str(deb), str(root)])
+
+
+def extract_member(deb: Path, member: str, dest: Path) -> Path:
+    """Unpack one file of a .deb's data (e.g. `./usr/src/linux-source-6.1.tar.xz`) into
+    `dest`, keeping its path below `dest`, without unpacking the rest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise GuestImageError("dpkg-deb: not found (a Debian host with apt is needed)") from exc
+    with fsys:
+        tar = subprocess.run(
+            ["tar", "-x", "-C", str(dest), member],
+            stdin=fsys.stdout,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if fsys.returncode != 0 or tar.returncode != 0:
+        detail = (tar.stderr.strip().splitlines() or ["failed"])[-1]
+        raise GuestImageError(f"cannot unpack {member} from {deb.name}: {detail}")
+    return dest / member
