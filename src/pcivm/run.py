@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pcivm.errors import UsageError
+from pcivm.options import parse_options
 
 
 def run_vm(argv: list[str]) -> int:
-    raise UsageError("running a VM is not implemented yet")
+    spec = parse_options(argv)
+    from pcivm.vmm import run_spec
+
+    return run_spec(spec)

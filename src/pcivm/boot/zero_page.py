@@ -1,0 +1,143 @@
+"""The zero page (struct boot_params, arch/x86/include/uapi/asm/bootparam.h) and the
+placement of the kernel, its command line and the initramfs in guest RAM."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from pcivm.boot.kernel_image import HDRS_MAGIC, SETUP_HEADER_OFFSET, KernelImage
+from pcivm.errors import PcivmError
+from pcivm.memory import E820Entry, GuestMemory, MiB
+
+# Guest-physical layout of what the loader writes below 1 MiB (none of it overlaps the
+# page tables and GDT, see x86_entry.py).
+ZERO_PAGE_ADDR = 0x7000
+CMDLINE_ADDR = 0x20000
+CMDLINE_MAX = 0x10000
+
+# Offsets inside struct boot_params.
+BP_ACPI_RSDP_ADDR = 0x070
+BP_EXT_RAMDISK_IMAGE = 0x0C0
+BP_EXT_RAMDISK_SIZE = 0x0C4
+BP_EXT_CMD_LINE_PTR = 0x0C8
+BP_E820_ENTRIES = 0x1E8
+BP_E820_TABLE = 0x2D0
+E820_MAX_ENTRIES_ZEROPAGE = 128
+# Offsets inside the setup header, relative to the start of boot_params.
+HDR_BOOT_FLAG = 0x1FE
+HDR_HEADER = 0x202
+HDR_VERSION = 0x206
+HDR_TYPE_OF_LOADER = 0x210
+HDR_LOADFLAGS = 0x211
+HDR_RAMDISK_IMAGE = 0x218
+HDR_RAMDISK_SIZE = 0x21C
+HDR_HEAP_END_PTR = 0x224
+HDR_CMD_LINE_PTR = 0x228
+HDR_KERNEL_ALIGNMENT = 0x230
+HDR_CMDLINE_SIZE = 0x238
+
+LOADER_TYPE_UNDEFINED = 0xFF  # "no registered id" (boot.rst)
+LOADFLAG_CAN_USE_HEAP = 0x80
+LOADFLAG_KEEP_SEGMENTS = 0x40
+# The initramfs is placed just below this, at most: clear of 32-bit PCI holes in any layout.
+INITRD_ALIGN = 4096
+
+
+class BootLayoutError(PcivmError):
+    """The kernel, initramfs and command line do not fit in guest RAM."""
+
+
+@dataclass(frozen=True)
+class BootLayout:
+    kernel_start: int
+    kernel_end: int
+    initrd_addr: int
+    initrd_size: int
+
+
+def load_kernel(
+    memory: GuestMemory,
+    kernel: KernelImage,
+    initrd: bytes | None,
+    cmdline: str,
+    acpi_rsdp_addr: int | None = None,
+) -> BootLayout:
+    """Write kernel, initramfs, command line and zero page into RAM; return where they went."""
+    kernel_end = kernel.load_addr + kernel.footprint
+    if kernel_end > memory.lowmem_end():
+        raise BootLayoutError(
+            f"kernel needs {kernel_end // MiB} MiB of RAM to boot; "
+            f"guest has {memory.lowmem_end() // MiB} MiB below 4 GiB (raise -m)"
+        )
+    for seg in kernel.segments:
+        memory.write(seg.phys_addr, seg.data)
+        if seg.mem_size > len(seg.data):
+            memory.view(seg.phys_addr + len(seg.data), seg.mem_size - len(seg.data))[:] = bytes(
+                seg.mem_size - len(seg.data)
+            )
+
+    cmdline_bytes = cmdline.encode() + b"\0"
+    max_cmdline = kernel.setup.cmdline_size + 1 if kernel.setup else CMDLINE_MAX
+    if len(cmdline_bytes) > min(max_cmdline, CMDLINE_MAX):
+        raise BootLayoutError(
+            f"kernel command line is {len(cmdline_bytes) - 1} bytes; "
+            f"this kernel takes at most {min(max_cmdline, CMDLINE_MAX) - 1}"
+        )
+    memory.write(CMDLINE_ADDR, cmdline_bytes)
+
+    initrd_addr, initrd_size = 0, 0
+    if initrd:
+        initrd_size = len(initrd)
+        limit = memory.lowmem_end()
+        if kernel.setup and kernel.setup.initrd_addr_max:
+            limit = min(limit, kernel.setup.initrd_addr_max + 1)
+        initrd_addr = (limit - initrd_size) & ~(INITRD_ALIGN - 1)
+        if initrd_addr < kernel_end:
+            raise BootLayoutError(
+                f"kernel and initramfs need {(kernel_end + initrd_size) // MiB + 1} MiB "
+                f"of RAM; guest has {memory.lowmem_end() // MiB} MiB (raise -m)"
+            )
+        memory.write(initrd_addr, initrd)
+
+    zero_page = build_zero_page(
+        kernel, memory.e820(), initrd_addr, initrd_size, len(cmdline_bytes), acpi_rsdp_addr
+    )
+    memory.write(ZERO_PAGE_ADDR, zero_page)
+    return BootLayout(kernel.load_addr, kernel_end, initrd_addr, initrd_size)
+
+
+def build_zero_page(
+    kernel: KernelImage,
+    e820: list[E820Entry],
+    initrd_addr: int,
+    initrd_size: int,
+    cmdline_len: int,
+    acpi_rsdp_addr: int | None,
+) -> bytes:
+    bp = bytearray(4096)
+    if kernel.setup:
+        raw = kernel.setup.raw
+        bp[SETUP_HEADER_OFFSET : SETUP_HEADER_OFFSET + len(raw)] = raw
+    else:
+        # An ELF vmlinux has no setup header: write the fields the kernel checks.
+        struct.pack_into("<H", bp, HDR_BOOT_FLAG, 0xAA55)
+        struct.pack_into("<I", bp, HDR_HEADER, HDRS_MAGIC)
+        struct.pack_into("<I", bp, HDR_KERNEL_ALIGNMENT, 0x1000000)
+        struct.pack_into("<I", bp, HDR_CMDLINE_SIZE, CMDLINE_MAX - 1)
+    bp[HDR_TYPE_OF_LOADER] = LOADER_TYPE_UNDEFINED
+    bp[HDR_LOADFLAGS] |= LOADFLAG_CAN_USE_HEAP
+    struct.pack_into("<H", bp, HDR_HEAP_END_PTR, 0xFE00)
+    struct.pack_into("<I", bp, HDR_CMD_LINE_PTR, CMDLINE_ADDR)
+    struct.pack_into("<I", bp, HDR_RAMDISK_IMAGE, initrd_addr & 0xFFFFFFFF)
+    struct.pack_into("<I", bp, HDR_RAMDISK_SIZE, initrd_size & 0xFFFFFFFF)
+    struct.pack_into("<I", bp, BP_EXT_RAMDISK_IMAGE, initrd_addr >> 32)
+    struct.pack_into("<I", bp, BP_EXT_RAMDISK_SIZE, initrd_size >> 32)
+    if acpi_rsdp_addr is not None:
+        struct.pack_into("<Q", bp, BP_ACPI_RSDP_ADDR, acpi_rsdp_addr)
+    if len(e820) > E820_MAX_ENTRIES_ZEROPAGE:
+        raise BootLayoutError("too many e820 entries for the zero page")
+    bp[BP_E820_ENTRIES] = len(e820)
+    for i, entry in enumerate(e820):
+        struct.pack_into("<QQI", bp, BP_E820_TABLE + 20 * i, entry.addr, entry.size, entry.type)
+    return bytes(bp)

@@ -1,0 +1,125 @@
+"""Guest RAM: one anonymous mapping, reached only through bounds-checked views.
+
+Every access a device makes on behalf of the guest goes through `GuestMemory`, so a guest
+address or length that leaves RAM raises `GuestMemoryError` instead of touching host memory.
+RAM below the 32-bit PCI hole is mapped at 0; what does not fit there is mapped at 4 GiB.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+# Conventional memory ends where the Extended BIOS Data Area starts; the MP table and other
+# firmware data live there, the 0xa0000-0xfffff range is the legacy VGA/BIOS hole.
+EBDA_START = 0x9FC00
+BIOS_AREA_START = 0xE0000
+HIGH_MEMORY_START = 1 * MiB
+FOUR_GIB = 4 * GiB
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical range that is not entirely inside guest RAM."""
+
+
+class E820Type(IntEnum):
+    RAM = 1
+    RESERVED = 2
+    ACPI = 3
+
+
+@dataclass(frozen=True)
+class E820Entry:
+    addr: int
+    size: int
+    type: E820Type
+
+
+@dataclass(frozen=True)
+class RamRegion:
+    guest_phys_addr: int
+    size: int
+    offset: int  # into the host mapping
+
+    @property
+    def end(self) -> int:
+        return self.guest_phys_addr + self.size
+
+
+class GuestMemory:
+    """`size` bytes of guest RAM; `lowmem_limit` is where the 32-bit PCI hole begins."""
+
+    def __init__(self, size: int, lowmem_limit: int = 3 * GiB):
+        if size < 2 * MiB:
+            raise ValueError("guest RAM must be at least 2 MiB")
+        self.size = size
+        self.lowmem_limit = lowmem_limit
+        self._map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # MADV_DONTFORK: a forked helper must not share (or copy) guest RAM.
+        self._map.madvise(mmap.MADV_DONTFORK)
+        self._view = memoryview(self._map)
+        self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        low = min(size, lowmem_limit)
+        self.regions = [RamRegion(0, low, 0)]
+        if size > low:
+            self.regions.append(RamRegion(FOUR_GIB, size - low, low))
+
+    def host_address(self, region: RamRegion) -> int:
+        return self.host_addr + region.offset
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A writable view of [gpa, gpa+length) that must lie inside one RAM region."""
+        if length < 0 or gpa < 0:
+            raise GuestMemoryError(f"bad guest range {gpa:#x}+{length:#x}")
+        for region in self.regions:
+            if region.guest_phys_addr <= gpa and gpa + length <= region.end:
+                start = region.offset + gpa - region.guest_phys_addr
+                return self._view[start : start + length]
+        raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.view(gpa, len(data))[:] = data
+
+    def read_u16(self, gpa: int) -> int:
+        return struct.unpack_from("<H", self.view(gpa, 2))[0]
+
+    def read_u32(self, gpa: int) -> int:
+        return struct.unpack_from("<I", self.view(gpa, 4))[0]
+
+    def read_u64(self, gpa: int) -> int:
+        return struct.unpack_from("<Q", self.view(gpa, 8))[0]
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        struct.pack_into("<H", self.view(gpa, 2), 0, value)
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        struct.pack_into("<I", self.view(gpa, 4), 0, value)
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+
+    def lowmem_end(self) -> int:
+        return self.regions[0].end
+
+    def e820(self) -> list[E820Entry]:
+        """The map the guest is given: RAM minus the legacy hole below 1 MiB."""
+        entries = [
+            E820Entry(0, EBDA_START, E820Type.RAM),
+            E820Entry(EBDA_START, 0xA0000 - EBDA_START, E820Type.RESERVED),
+            E820Entry(BIOS_AREA_START, HIGH_MEMORY_START - BIOS_AREA_START, E820Type.RESERVED),
+            E820Entry(HIGH_MEMORY_START, self.lowmem_end() - HIGH_MEMORY_START, E820Type.RAM),
+        ]
+        entries += [E820Entry(r.guest_phys_addr, r.size, E820Type.RAM) for r in self.regions[1:]]
+        return entries
+
+    def close(self) -> None:
+        self._view.release()
+        # The ctypes export taken for host_addr keeps the map alive; let the GC drop it.

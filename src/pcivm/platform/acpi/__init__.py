@@ -1,0 +1,1 @@
+"""ACPI tables (ACPI 6.4 chapter 5) and the AML they carry (chapter 20)."""

@@ -1,0 +1,27 @@
+"""What the user asked for, as plain data: the output of option parsing, the input of the
+machine builder. Nothing here touches the host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SerialSpec:
+    kind: str  # "stdio", "file" or "none"
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    memory: int
+    kernel: Path
+    initrd: Path | None = None
+    append: str = ""
+    smp: int = 1
+    machine: str = "pc"
+    serial: SerialSpec = field(default_factory=lambda: SerialSpec("stdio"))
+    no_reboot: bool = False
+    name: str | None = None
+    debug: bool = False
