@@ -3,7 +3,8 @@
 #
 # Kernel command line words it reads:
 #   pcivm.guest=legacy   load the legacy-only build of virtio_pci (the old guest)
-#   pcivm.run=CMD        run CMD, print ===PCIVM-RUN-EXIT=<status>===
+#   pcivm.run=CMD        run CMD between ===PCIVM-RUN-BEGIN=== and
+#                        ===PCIVM-RUN-EXIT=<status>=== (before the probe report)
 #   pcivm.probe=1        print the probe report (docs/probe-report.md)
 #   MODULE.param=value   passed to insmod of MODULE
 # With pcivm.run or pcivm.probe the machine powers off afterwards; otherwise a shell
@@ -53,6 +54,7 @@ finish() {
 }
 
 if [ -n "$has_run" ]; then
+	echo "===PCIVM-RUN-BEGIN==="
 	sh -c "$run_cmd"
 	echo "===PCIVM-RUN-EXIT=$?==="
 fi

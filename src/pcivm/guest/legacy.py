@@ -90,7 +90,7 @@ def point_makefile_at(root: Path, release: str) -> None:
     since the cache may have moved)."""
     makefile = headers_dir(root, release) / "Makefile"
     text = re.sub(
-        r"^include\s+\S*?(/usr/src/linux-headers-[^/\s]+/Makefile)\s*$",
+        r"^include\s+\S*?(/usr/src/linux-headers-[^/\s]+/Makefile)[ \t]*$",
         lambda m: f"include {root}{m.group(1)}",
         makefile.read_text(),
         flags=re.M,

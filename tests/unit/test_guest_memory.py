@@ -1,0 +1,48 @@
+"""Guest RAM: bounds checks and the layout around the 32-bit PCI hole."""
+
+import pytest
+
+from pcivm.memory import FOUR_GIB, E820Type, GiB, GuestMemory, GuestMemoryError, MiB
+
+
+def test_ram_above_the_hole_is_mapped_at_4_gib():
+    memory = GuestMemory(4 * GiB, lowmem_limit=3 * GiB)
+    assert [(r.guest_phys_addr, r.size) for r in memory.regions] == [
+        (0, 3 * GiB),
+        (FOUR_GIB, 1 * GiB),
+    ]
+    memory.write(FOUR_GIB + 10, b"hi")
+    assert memory.read(FOUR_GIB + 10, 2) == b"hi"
+    assert memory.e820()[-1].addr == FOUR_GIB
+
+
+def test_small_ram_has_one_region_and_a_reserved_legacy_hole():
+    memory = GuestMemory(256 * MiB)
+    assert len(memory.regions) == 1
+    types = {(e.addr, e.type) for e in memory.e820()}
+    assert (0x9FC00, E820Type.RESERVED) in types
+    assert (0xE0000, E820Type.RESERVED) in types
+
+
+@pytest.mark.parametrize(
+    "gpa,length",
+    [(256 * MiB - 1, 2), (256 * MiB, 1), (-1, 1), (0, -1), (2**64 - 1, 2), (0, 300 * MiB)],
+)
+def test_ranges_leaving_ram_are_refused(gpa, length):
+    memory = GuestMemory(256 * MiB)
+    with pytest.raises(GuestMemoryError):
+        memory.view(gpa, length)
+
+
+def test_a_range_spanning_the_hole_is_refused():
+    memory = GuestMemory(4 * GiB, lowmem_limit=3 * GiB)
+    with pytest.raises(GuestMemoryError):
+        memory.view(3 * GiB - 4, 8)
+
+
+def test_integer_accessors_are_little_endian():
+    memory = GuestMemory(4 * MiB)
+    memory.write_u32(0x1000, 0x11223344)
+    assert memory.read(0x1000, 4) == b"\x44\x33\x22\x11"
+    memory.write_u64(0x2000, 2**64 - 2)
+    assert memory.read_u64(0x2000) == 2**64 - 2
