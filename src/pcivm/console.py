@@ -32,7 +32,10 @@ class SerialBackend:
         self._stop_pipe_r, self._stop_pipe_w = os.pipe()
         self._reader: threading.Thread | None = None
         if spec.kind == "stdio":
-            self._out_fd = sys.stdout.fileno()
+            try:
+                self._out_fd = sys.stdout.fileno()
+            except (OSError, ValueError, AttributeError):
+                self._out_fd = None  # stdout is not a file (captured): output is dropped
         elif spec.kind == "file":
             try:
                 self._out_fd = os.open(

@@ -51,7 +51,8 @@ _libc.ioctl.restype = C.c_int
 class Kvm:
     """/dev/kvm: API version, capabilities, the CPUID the host supports."""
 
-    def __init__(self, path: str = KVM_DEVICE):
+    def __init__(self, path: str | None = None):
+        path = path or KVM_DEVICE
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError as exc:
@@ -60,7 +61,11 @@ class Kvm:
             raise KvmUnavailable(f"{path}: permission denied") from exc
         except OSError as exc:
             raise KvmUnavailable(f"{path}: {exc.strerror}") from exc
-        version = _ioctl_int(self.fd, N.KVM_GET_API_VERSION)
+        try:
+            version = _ioctl_int(self.fd, N.KVM_GET_API_VERSION)
+        except OSError as exc:
+            os.close(self.fd)
+            raise KvmUnavailable(f"{path} is not a KVM device ({exc.strerror})") from exc
         if version != N.KVM_API_VERSION:
             os.close(self.fd)
             raise KvmUnavailable(f"{path}: KVM API version {version}, need {N.KVM_API_VERSION}")
