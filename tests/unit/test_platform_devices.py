@@ -5,7 +5,7 @@ import calendar
 import pytest
 
 from pcivm.bus import AddressSpace, BusConflict
-from pcivm.platform.power import AcpiPm1, I8042, ResetControl
+from pcivm.platform.power import I8042, AcpiPm1, ResetControl
 from pcivm.platform.rtc import CmosRtc
 
 
