@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 TSS_ADDR = 0xFFFBD000
 IDENTITY_MAP_ADDR = 0xFFFBC000
 KICK_SIGNAL = signal.SIGUSR1
+# `kill -USR2 <pid>` prints the interrupt state: what a hung guest is waiting for.
+DUMP_SIGNAL = signal.SIGUSR2
+RFLAGS_IF = 1 << 9
 
 EXIT_GUEST_FAULT = 2  # the guest crashed (triple fault) or KVM could not run it
 
@@ -66,6 +69,10 @@ class Vmm:
         self._vcpus: list[Vcpu] = []
         self.exit_counts: dict[str, int] = {}
         self.started = time.monotonic()
+        self._vcpu_reports: dict[int, str] = {}
+        self._report_wanted = threading.Event()
+        self._vm: VirtualMachine | None = None
+        self.platform: Platform | None = None
 
     # -- PowerEvents ----------------------------------------------------------------------
 
@@ -113,6 +120,7 @@ class Vmm:
                 raise PcivmError(f"could not load initrd '{spec.initrd}': {exc.strerror}") from None
         kvm = self._open_kvm()
         vm = kvm.create_vm()
+        self._vm = vm
         vm.set_tss_addr(TSS_ADDR)
         if kvm.check_extension(N.KVM_CAP_SET_IDENTITY_MAP_ADDR):
             vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
@@ -148,9 +156,12 @@ class Vmm:
         serial = SerialBackend(self.spec.serial)
         previous_handlers = {}
         try:
-            kvm, vm, platform = self._build(serial)
+            _kvm, _vm, platform = self._build(serial)
             self.platform = platform
             signal.signal(KICK_SIGNAL, lambda *_: None)
+            previous_handlers[DUMP_SIGNAL] = signal.signal(
+                DUMP_SIGNAL, lambda *_: threading.Thread(target=self.dump_state).start()
+            )
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 previous_handlers[sig] = signal.signal(
                     sig, lambda s, _f: self._finish(Outcome(128 + s, f"killed by signal {s}"))
@@ -164,11 +175,14 @@ class Vmm:
                 thread.start()
             while not self._done.wait(0.5):
                 pass
-            self._stop_vcpus()
         finally:
+            if self._threads:
+                self._finish(Outcome(70, "VMM stopped by an internal error"))
+                self._stop_vcpus()
             serial.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
+            self._release()
         outcome = self._outcome
         if self.spec.debug:
             self._print_exit_counts(platform)
@@ -177,6 +191,16 @@ class Vmm:
         else:
             log.info("%s", outcome.reason)
         return outcome.status
+
+    def _release(self) -> None:
+        """Close every KVM descriptor, so that a process can run VMs one after another."""
+        for vcpu in self._vcpus:
+            vcpu.close()
+        self._vcpus.clear()
+        if self._vm is not None:
+            self._vm.close()
+            self._vm.kvm.close()
+            self._vm = None
 
     def _stop_vcpus(self) -> None:
         for vcpu in self._vcpus:
@@ -203,6 +227,8 @@ class Vmm:
             try:
                 reason = vcpu.run()
             except InterruptedError:
+                if self._report_wanted.is_set():
+                    self._vcpu_reports[vcpu.index] = self._describe_vcpu(vcpu)
                 continue
             if reason == N.KVM_EXIT_IO:
                 port, size, count, offset = io.port, io.size, io.count, io.data_offset
@@ -274,6 +300,43 @@ class Vmm:
             else:
                 self._finish(Outcome(EXIT_GUEST_FAULT, f"unexpected KVM exit reason {reason}"))
                 return
+
+    @staticmethod
+    def _describe_vcpu(vcpu: Vcpu) -> str:
+        regs = vcpu.get_regs()
+        enabled = "on" if regs.rflags & RFLAGS_IF else "off"
+        return f"vCPU {vcpu.index}: rip {regs.rip:#x}, interrupts {enabled}"
+
+    def dump_state(self) -> None:
+        """Print what a hung guest may be waiting for: vCPUs, the IOAPIC, the UART."""
+        lines = ["pcivm: state dump"]
+        self._vcpu_reports.clear()
+        self._report_wanted.set()
+        for vcpu, thread in zip(self._vcpus, self._threads, strict=False):
+            deadline = time.monotonic() + 1
+            while vcpu.index not in self._vcpu_reports and time.monotonic() < deadline:
+                if thread.is_alive():
+                    signal.pthread_kill(thread.ident, KICK_SIGNAL)
+                time.sleep(0.01)
+            lines.append("  " + self._vcpu_reports.get(vcpu.index, f"vCPU {vcpu.index}: no answer"))
+        self._report_wanted.clear()
+        try:
+            ioapic = self._vm.ioapic_state()
+            lines.append(f"  IOAPIC irr {ioapic.irr:#010x}")
+            for pin in range(24):
+                entry = ioapic.redirtbl[pin]
+                if not entry & (1 << 16):  # unmasked
+                    lines.append(
+                        f"  IOAPIC pin {pin}: vector {entry & 0xFF:#x}, "
+                        f"{'level' if entry & (1 << 15) else 'edge'}, "
+                        f"remote IRR {int(bool(entry & (1 << 14)))}"
+                    )
+        except OSError as exc:
+            lines.append(f"  IOAPIC state unavailable: {exc}")
+        lines.append(f"  UART: {self.platform.uart.state_summary()}")
+        total = sum(self.platform.io.accesses.values()) + sum(self.platform.mmio.accesses.values())
+        lines.append(f"  exits so far {total}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     def _print_exit_counts(self, platform: Platform) -> None:
         elapsed = time.monotonic() - self.started

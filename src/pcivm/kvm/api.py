@@ -143,6 +143,13 @@ class VirtualMachine:
     def set_irq_line(self, irq: int, level: int) -> None:
         _ioctl_ptr(self.fd, N.KVM_IRQ_LINE, S.kvm_irq_level(irq=irq, level=level))
 
+    def ioapic_state(self) -> S.kvm_ioapic_state:
+        chip = S.kvm_irqchip(chip_id=N.KVM_IRQCHIP_IOAPIC)
+        _ioctl_ptr(self.fd, N.KVM_GET_IRQCHIP, chip)
+        return S.kvm_ioapic_state.from_buffer_copy(
+            bytes(chip.state)[: C.sizeof(S.kvm_ioapic_state)]
+        )
+
     def register_coalesced_pio(self, port: int, size: int) -> None:
         zone = S.kvm_coalesced_mmio_zone(addr=port, size=size, pio=1)
         _ioctl_ptr(self.fd, N.KVM_REGISTER_COALESCED_MMIO, zone)

@@ -234,6 +234,22 @@ def kvm_irq_routing(count: int) -> type[C.Structure]:
     return _kvm_irq_routing
 
 
+class kvm_ioapic_state(C.Structure):
+    _fields_ = [
+        ("base_address", u64),
+        ("ioregsel", u32),
+        ("id", u32),
+        ("irr", u32),
+        ("pad", u32),
+        ("redirtbl", u64 * 24),
+    ]
+
+
+class kvm_irqchip(C.Structure):
+    # chip_id then a 512-byte union of the PIC and IOAPIC states.
+    _fields_ = [("chip_id", u32), ("pad", u32), ("state", u8 * 512)]
+
+
 class kvm_enable_cap(C.Structure):
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
 
@@ -299,6 +315,7 @@ _EXPECTED_SIZES = {
     kvm_coalesced_mmio: 24,
     kvm_irq_routing_entry: 48,
     kvm_enable_cap: 104,
+    kvm_irqchip: 520,
     kvm_run_header: KVM_RUN_UNION_OFFSET,
 }
 for _struct, _size in _EXPECTED_SIZES.items():

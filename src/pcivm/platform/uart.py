@@ -157,6 +157,13 @@ class Uart16550:
             self._irq_level = level
             self._set_irq(level)
 
+    def state_summary(self) -> str:
+        with self._lock:
+            return (
+                f"IER {self.ier:#x}, IIR {self._interrupt_id():#x}, IRQ level {self._irq_level}, "
+                f"{len(self._rx)} received bytes waiting"
+            )
+
     # -- host side ------------------------------------------------------------------------
 
     def _push_rx(self, byte: int) -> None:
