@@ -230,6 +230,10 @@ class Vmm:
                 if self._report_wanted.is_set():
                     self._vcpu_reports[vcpu.index] = self._describe_vcpu(vcpu)
                 continue
+            except BlockingIOError:
+                # An application processor waiting for INIT/SIPI returns EAGAIN when an
+                # event arrives; entering again lets KVM process it.
+                continue
             if reason == N.KVM_EXIT_IO:
                 port, size, count, offset = io.port, io.size, io.count, io.data_offset
                 if io.direction == N.KVM_EXIT_IO_OUT:
@@ -307,8 +311,15 @@ class Vmm:
         enabled = "on" if regs.rflags & RFLAGS_IF else "off"
         return f"vCPU {vcpu.index}: rip {regs.rip:#x}, interrupts {enabled}"
 
+    def stop(self, status: int, reason: str) -> None:
+        """End the VM from outside (a watchdog, a signal): run() returns `status`."""
+        self._finish(Outcome(status, reason))
+
     def dump_state(self) -> None:
-        """Print what a hung guest may be waiting for: vCPUs, the IOAPIC, the UART."""
+        print(self.state_report(), file=sys.stderr, flush=True)
+
+    def state_report(self) -> str:
+        """What a hung guest may be waiting for: vCPUs, the IOAPIC, the UART."""
         lines = ["pcivm: state dump"]
         self._vcpu_reports.clear()
         self._report_wanted.set()
@@ -336,7 +347,7 @@ class Vmm:
         lines.append(f"  UART: {self.platform.uart.state_summary()}")
         total = sum(self.platform.io.accesses.values()) + sum(self.platform.mmio.accesses.values())
         lines.append(f"  exits so far {total}")
-        print("\n".join(lines), file=sys.stderr, flush=True)
+        return "\n".join(lines)
 
     def _print_exit_counts(self, platform: Platform) -> None:
         elapsed = time.monotonic() - self.started

@@ -1,0 +1,57 @@
+"""Boot the guest N times in one process (inside the box) and report each boot as JSON.
+
+Usage: boot_loop.py N TIMEOUT_S OUTDIR -- <pcivm options>
+
+One process imports pcivm once: a Python start costs seconds in the box. Each boot gets
+its own console file; a boot that outlives TIMEOUT_S is a hang: the VMM's interrupt state
+is captured, the VM stopped, and the last console lines kept for the report.
+"""
+
+import json
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from pcivm.options import parse_options
+from pcivm.spec import SerialSpec
+from pcivm.vmm import Vmm
+
+HANG_STATUS = 124
+
+
+def main() -> int:
+    count, timeout, outdir = int(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3])
+    spec = parse_options(sys.argv[sys.argv.index("--") + 1 :])
+    boots = []
+    for i in range(count):
+        console = outdir / f"boot{i}.log"
+        vmm = Vmm(replace(spec, serial=SerialSpec("file", console)))
+        hang = {}
+
+        def watchdog(vmm=vmm, hang=hang):
+            hang["state"] = vmm.state_report()
+            vmm.stop(HANG_STATUS, "hung")
+
+        timer = threading.Timer(timeout, watchdog)
+        timer.start()
+        started = time.monotonic()
+        status = vmm.run()
+        timer.cancel()
+        text = console.read_text(errors="replace")
+        boots.append(
+            {
+                "status": status,
+                "seconds": round(time.monotonic() - started, 2),
+                "report_end": "===PCIVM-PROBE-END===" in text,
+                "state": hang.get("state"),
+                "console_tail": text.splitlines()[-15:] if hang or status else [],
+            }
+        )
+        print(json.dumps(boots[-1]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
