@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pcivm.errors import PcivmError
@@ -127,6 +128,23 @@ def qemu_argv(boot: GuestBoot) -> list[str]:
     return argv
 
 
+def pcivm_argv(boot: GuestBoot) -> list[str]:
+    """The same boot under pcivm: it takes QEMU's options, so only the program changes.
+
+    pcivm always runs on KVM with the host CPU model (XSAVE hidden, as in qemu64).
+    """
+    argv = qemu_argv(replace(boot, accel="kvm", cpu=None))
+    return [sys.executable, "-m", "pcivm", *argv[1:]]
+
+
+def vmm_argv(boot: GuestBoot, vmm: str) -> list[str]:
+    if vmm == "qemu":
+        return qemu_argv(boot)
+    if vmm == "pcivm":
+        return pcivm_argv(boot)
+    raise ValueError(f"unknown VMM {vmm!r} (qemu or pcivm)")
+
+
 def host_runner(argv: list[str], timeout: float) -> tuple[int, bytes]:
     """Run `argv` on this host, stdin closed, stderr merged into the captured output."""
     try:
@@ -151,18 +169,22 @@ def host_runner(argv: list[str], timeout: float) -> tuple[int, bytes]:
 
 
 def run_reference(
-    boot: GuestBoot, runner: Runner = host_runner, timeout: float = DEFAULT_TIMEOUT_S
+    boot: GuestBoot,
+    runner: Runner = host_runner,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    vmm: str = "qemu",
 ) -> ReferenceResult:
-    """Boot `boot` under QEMU and read its console; the probe report must be complete
-    when one was asked for."""
-    argv = qemu_argv(boot)
+    """Boot `boot` under QEMU (or, with vmm="pcivm", under pcivm with the same options)
+    and read its console; the probe report must be complete when one was asked for."""
+    argv = vmm_argv(boot, vmm)
+    name = "QEMU" if vmm == "qemu" else "pcivm"
     started = time.monotonic()
     try:
         returncode, output = runner(argv, timeout)
     except RunnerTimeout as exc:
         console = exc.output.decode(errors="replace")
         raise ReferenceRunError(
-            f"QEMU did not finish within {timeout:g} s; the console ended with: "
+            f"{name} did not finish within {timeout:g} s; the console ended with: "
             f"{probe.tail(console)}"
         ) from None
     elapsed = time.monotonic() - started
@@ -172,7 +194,7 @@ def run_reference(
         try:
             report = probe.parse_probe_report(console)
         except probe.ProbeReportError as exc:
-            raise ReferenceRunError(f"QEMU exited with status {returncode}: {exc}") from None
+            raise ReferenceRunError(f"{name} exited with status {returncode}: {exc}") from None
     return ReferenceResult(
         returncode=returncode,
         console=console,

@@ -124,3 +124,14 @@ def test_host_runner_times_out_and_keeps_the_output():
 def test_host_runner_without_qemu_is_one_clear_error():
     with pytest.raises(ReferenceRunError, match="not found"):
         reference.host_runner(["/nonexistent/qemu-system-x86_64"], timeout=1)
+
+
+def test_pcivm_takes_the_same_options_as_qemu():
+    from pcivm.reference import GuestBoot, pcivm_argv, qemu_argv
+
+    boot = GuestBoot(kernel=Path("/k"), initrd=Path("/i"), accel="tcg", run="true")
+    pcivm = pcivm_argv(boot)
+    assert pcivm[1:3] == ["-m", "pcivm"]
+    qemu_kvm = qemu_argv(GuestBoot(kernel=Path("/k"), initrd=Path("/i"), run="true"))
+    assert pcivm[3:] == qemu_kvm[1:]
+    assert "-accel" not in pcivm and "tcg" not in pcivm
