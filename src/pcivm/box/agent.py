@@ -233,32 +233,38 @@ class Command:
         return result
 
     def _step(self, timeout: float | None) -> bool:
-        selector = selectors.DefaultSelector()
-        port_events = selectors.EVENT_READ
+        # A pty's master is both an output and the command's stdin: one registration
+        # per descriptor, with the events of all its roles.
+        wanted: dict[int, int] = {self.pidfd: selectors.EVENT_READ}
+        wanted[self.port.fd] = selectors.EVENT_READ
         if self.port.outbox:
-            port_events |= selectors.EVENT_WRITE
-        selector.register(self.port.fd, port_events, "port")
+            wanted[self.port.fd] |= selectors.EVENT_WRITE
         if len(self.port.outbox) < PORT_BACKLOG_LIMIT:
             for fd in self.outputs:
-                selector.register(fd, selectors.EVENT_READ, "output")
+                wanted[fd] = wanted.get(fd, 0) | selectors.EVENT_READ
         if self.stdin_fd is not None and (self.stdin_buffer or self.stdin_eof):
-            selector.register(self.stdin_fd, selectors.EVENT_WRITE, "stdin")
-        selector.register(self.pidfd, selectors.EVENT_READ, "exit")
+            wanted[self.stdin_fd] = wanted.get(self.stdin_fd, 0) | selectors.EVENT_WRITE
+        selector = selectors.DefaultSelector()
+        for fd, events in wanted.items():
+            selector.register(fd, events)
+        ready_events = selector.select(timeout)
+        selector.close()
         exited = False
-        for key, ready in selector.select(timeout):
-            if key.data == "port":
+        for key, ready in ready_events:
+            fd = key.fd
+            if fd == self.pidfd:
+                exited = True
+            elif fd == self.port.fd:
                 if ready & selectors.EVENT_WRITE:
                     self.port.flush_some()
                 if ready & selectors.EVENT_READ:
                     self.port.receive_some()
                     self._handle_frames()
-            elif key.data == "output":
-                self._read_output(key.fd)
-            elif key.data == "stdin":
-                self._write_stdin()
-            elif key.data == "exit":
-                exited = True
-        selector.close()
+            else:
+                if ready & selectors.EVENT_READ and fd in self.outputs:
+                    self._read_output(fd)
+                if ready & selectors.EVENT_WRITE and fd == self.stdin_fd:
+                    self._write_stdin()
         return exited
 
     def _handle_frames(self) -> None:

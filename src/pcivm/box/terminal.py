@@ -29,7 +29,9 @@ def raw_mode(fd: int) -> Iterator[None]:
     """Every key goes to the command inside (^C included); the mode comes back on any exit."""
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        # TCSANOW, not the default TCSAFLUSH: keys typed while the box was starting are
+        # kept for the command.
+        tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
