@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from pcivm.errors import UsageError
-from pcivm.spec import SerialSpec, VmSpec
+from pcivm.spec import DeviceSpec, SerialSpec, VmSpec
 
 DEFAULT_MEMORY = 128 << 20  # QEMU's default -m
 MAX_VCPUS = 255  # xAPIC ids are 8 bits; 0xff is the broadcast id
@@ -36,6 +36,10 @@ WITH_ARGUMENT = {
 }
 FLAGS = {"nographic", "no-reboot", "enable-kvm", "nodefaults", "no-user-config", "d", "debug"}
 
+# Options that may be given more than once; each occurrence is kept, in order.
+REPEATABLE = {"device"}
+WITH_ARGUMENT |= REPEATABLE
+
 _SIZE_SUFFIXES = {"": 20, "k": 10, "m": 20, "g": 30, "t": 40, "b": 0}
 
 
@@ -50,6 +54,48 @@ def parse_size(text: str, option: str, default_shift: int = 20) -> int:
     if value <= 0:
         raise UsageError(f"{option}: size must be positive: '{text}'")
     return value
+
+
+def split_qemu_opts(text: str) -> list[str]:
+    """Split QEMU's 'a,b=c,d=e,,f' at single commas; a doubled comma is a literal one."""
+    parts, current, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == ",":
+            if i + 1 < len(text) and text[i + 1] == ",":
+                current.append(",")
+                i += 2
+                continue
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def parse_device(text: str) -> DeviceSpec:
+    """'-device driver,key=value,...' (QEMU also takes driver=NAME as a property)."""
+    parts = split_qemu_opts(text)
+    driver = None
+    props: list[tuple[str, str]] = []
+    for i, part in enumerate(parts):
+        key, sep, value = part.partition("=")
+        if not sep:
+            if i == 0:
+                driver = key
+                continue
+            raise UsageError(f"-device {text}: '{part}' needs a value (key=value)")
+        if not key:
+            raise UsageError(f"-device {text}: empty property name")
+        if key == "driver":
+            driver = value
+        else:
+            props.append((key, value))
+    if not driver:
+        raise UsageError(f"-device {text}: no device model given")
+    return DeviceSpec(driver, tuple(props), text)
 
 
 def _parse_memory(arg: str) -> int:
@@ -95,6 +141,7 @@ def _option_name(word: str) -> str | None:
 
 def parse_options(argv: list[str]) -> VmSpec:
     values: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {name: [] for name in REPEATABLE}
     flags: set[str] = set()
     i = 0
     while i < len(argv):
@@ -110,7 +157,10 @@ def parse_options(argv: list[str]) -> VmSpec:
             raise UsageError(f"-{name}: invalid option")
         if i + 1 >= len(argv):
             raise UsageError(f"-{name}: requires an argument")
-        values["machine" if name == "M" else name] = argv[i + 1]
+        if name in REPEATABLE:
+            repeated[name].append(argv[i + 1])
+        else:
+            values["machine" if name == "M" else name] = argv[i + 1]
         i += 2
 
     if "kernel" not in values:
@@ -133,4 +183,5 @@ def parse_options(argv: list[str]) -> VmSpec:
         no_reboot="no-reboot" in flags,
         name=values.get("name"),
         debug=bool(flags & {"d", "debug"}),
+        devices=tuple(parse_device(text) for text in repeated["device"]),
     )

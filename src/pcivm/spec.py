@@ -14,6 +14,21 @@ class SerialSpec:
 
 
 @dataclass(frozen=True)
+class DeviceSpec:
+    """One -device option: the driver name and its properties, in the order given."""
+
+    driver: str
+    props: tuple[tuple[str, str], ...] = ()
+    text: str = ""
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        for name, value in self.props:
+            if name == key:
+                return value
+        return default
+
+
+@dataclass(frozen=True)
 class VmSpec:
     memory: int
     kernel: Path
@@ -25,3 +40,4 @@ class VmSpec:
     no_reboot: bool = False
     name: str | None = None
     debug: bool = False
+    devices: tuple[DeviceSpec, ...] = ()
