@@ -202,6 +202,9 @@ class PciFunction:
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         self.config.write(offset, size, value)
+        if offset < R.PCI_COMMAND + 2 and offset + size > R.PCI_COMMAND:
+            # INTx disable may have changed: the line follows the pending status.
+            self.set_intx(self.config.get(R.PCI_STATUS, 2) & R.PCI_STATUS_INTERRUPT)
         if self._touches_decode(offset, size) and self.on_decode_change:
             self.on_decode_change(self)
 
