@@ -1,6 +1,7 @@
 """Builds the platform a spec describes: RAM, the port-IO and MMIO address spaces, the
-platform devices on them, and the ACPI tables. It knows nothing of KVM: interrupts leave
-through an `IrqLines` object the caller supplies."""
+platform devices on them, the PCI hierarchy with every BAR and window assigned, and the
+ACPI tables that describe it all. It knows nothing of KVM: interrupts leave through an
+`IrqLines` object the caller supplies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pcivm.bus import AddressSpace
-from pcivm.memory import GuestMemory
+from pcivm.memory import E820Entry, E820Type, GiB, GuestMemory
+from pcivm.pci.host import CONF1_ADDRESS_PORT, CONF1_PORTS, Conf1, Ecam, PciHost
+from pcivm.pci.topology import Topology, build_topology
 from pcivm.platform.acpi.tables import AcpiBlob, AcpiPlatform, PlatformPorts, build_acpi
 from pcivm.platform.power import I8042, AcpiPm1, PowerEvents, ResetControl
 from pcivm.platform.rtc import CmosRtc
@@ -28,6 +31,17 @@ POST_PORT = 0x80  # written by io_delay(); never read
 IOAPIC_ADDR = 0xFEC00000
 LAPIC_ADDR = 0xFEE00000
 IOAPIC_ID = 0
+# q35's MMCONFIG window, as QEMU places it: 256 buses x 1 MiB.
+ECAM_BASE = 0xB0000000
+ECAM_SIZE = 256 << 20
+
+
+def lowmem_limit(machine: str, ram_size: int) -> int:
+    """Where RAM below 4 GiB ends, by QEMU's rules: pc keeps up to 3.5 GiB low and splits
+    at 3 GiB beyond that; q35 keeps up to 2.75 GiB low (below ECAM), else splits at 2 GiB."""
+    if machine == "q35":
+        return ECAM_BASE if ram_size < ECAM_BASE else 2 * GiB
+    return 0xE0000000 if ram_size < 0xE0000000 else 3 * GiB
 
 
 class IrqLines(Protocol):
@@ -44,6 +58,24 @@ class _Sink:
         pass
 
 
+class _ByteAt:
+    """Passes on byte accesses at one offset of a shared range (0xcf9 inside conf1's
+    0xcf8-0xcfb); anything else there reads all-ones and is ignored."""
+
+    def __init__(self, device, offset: int):
+        self._device = device
+        self._offset = offset
+
+    def read(self, offset: int, size: int) -> int:
+        if offset == self._offset and size == 1:
+            return self._device.read(0, 1)
+        return (1 << (8 * size)) - 1
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == self._offset and size == 1:
+            self._device.write(0, 1, value)
+
+
 @dataclass
 class Platform:
     spec: VmSpec
@@ -52,6 +84,22 @@ class Platform:
     mmio: AddressSpace
     uart: Uart16550
     acpi: AcpiBlob
+    topology: Topology
+    pci: PciHost
+    plan: object | None = None  # the allocator's Plan
+
+
+def build_pci(spec: VmSpec, io: AddressSpace, mmio: AddressSpace, irqs: IrqLines, reset):
+    """The PCI hierarchy of the spec, reachable through conf1 (and ECAM on q35)."""
+    topology = build_topology(spec.machine, spec.devices)
+    host = PciHost(topology.root, io, mmio, irqs.set_irq)
+    for function in topology.functions():
+        host.adopt(function)
+    conf1 = Conf1(host, other=_ByteAt(reset, RESET_CONTROL_PORT - CONF1_ADDRESS_PORT))
+    io.register(CONF1_ADDRESS_PORT, CONF1_PORTS, conf1, "PCI conf1")
+    if spec.machine == "q35":
+        mmio.register(ECAM_BASE, ECAM_SIZE, Ecam(host), "PCI ECAM")
+    return topology, host
 
 
 def build_platform(
@@ -60,7 +108,7 @@ def build_platform(
     power: PowerEvents,
     serial_output: Callable[[bytes], None],
 ) -> Platform:
-    memory = GuestMemory(spec.memory)
+    memory = GuestMemory(spec.memory, lowmem_limit(spec.machine, spec.memory))
     io = AddressSpace("port IO")
     mmio = AddressSpace("MMIO")
 
@@ -69,9 +117,9 @@ def build_platform(
     io.register(RTC_PORT, 2, CmosRtc(), "CMOS RTC")
     # 0x60 data and 0x64 status/command; 0x61 (the PIT's speaker port) is KVM's own.
     io.register(I8042_PORT, 5, I8042(power), "i8042")
-    io.register(RESET_CONTROL_PORT, 1, ResetControl(power), "reset control")
     io.register(PM_BASE, 6, AcpiPm1(power), "ACPI PM1")
     io.register(POST_PORT, 1, _Sink(), "POST port")
+    topology, host = build_pci(spec, io, mmio, irqs, ResetControl(power))
 
     acpi = build_acpi(
         AcpiPlatform(
@@ -89,4 +137,12 @@ def build_platform(
         )
     )
     memory.write(acpi.base, acpi.data)
-    return Platform(spec, memory, io, mmio, uart, acpi)
+    return Platform(spec, memory, io, mmio, uart, acpi, topology, host)
+
+
+def e820_reserved(spec: VmSpec) -> list[E820Entry]:
+    """Ranges the guest must not take for RAM or PCI: the ECAM window on q35 (Linux also
+    accepts MMCONFIG only when firmware reserves it)."""
+    if spec.machine == "q35":
+        return [E820Entry(ECAM_BASE, ECAM_SIZE, E820Type.RESERVED)]
+    return []

@@ -109,8 +109,9 @@ class GuestMemory:
     def lowmem_end(self) -> int:
         return self.regions[0].end
 
-    def e820(self) -> list[E820Entry]:
-        """The map the guest is given: RAM minus the legacy hole below 1 MiB."""
+    def e820(self, reserved: list[E820Entry] = ()) -> list[E820Entry]:
+        """The map the guest is given: RAM minus the legacy hole below 1 MiB, plus the
+        `reserved` ranges the machine declares (such as the ECAM window)."""
         entries = [
             E820Entry(0, EBDA_START, E820Type.RAM),
             E820Entry(EBDA_START, 0xA0000 - EBDA_START, E820Type.RESERVED),
@@ -118,7 +119,8 @@ class GuestMemory:
             E820Entry(HIGH_MEMORY_START, self.lowmem_end() - HIGH_MEMORY_START, E820Type.RAM),
         ]
         entries += [E820Entry(r.guest_phys_addr, r.size, E820Type.RAM) for r in self.regions[1:]]
-        return entries
+        entries += list(reserved)
+        return sorted(entries, key=lambda e: e.addr)
 
     def close(self) -> None:
         self._view.release()

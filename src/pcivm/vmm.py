@@ -23,7 +23,7 @@ from pcivm.console import SerialBackend
 from pcivm.errors import HostError, PcivmError
 from pcivm.kvm import numbers as N
 from pcivm.kvm.api import Kvm, KvmUnavailable, Vcpu, VirtualMachine
-from pcivm.machine import POST_PORT, Platform, build_platform
+from pcivm.machine import POST_PORT, Platform, build_platform, e820_reserved
 from pcivm.spec import VmSpec
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class Vmm:
             initrd,
             spec.append,
             acpi_rsdp_addr=platform.acpi.rsdp_addr,
+            e820_reserved=e820_reserved(spec),
         )
         supported = kvm.supported_cpuid()
         tsc_deadline = bool(kvm.check_extension(N.KVM_CAP_TSC_DEADLINE_TIMER))

@@ -62,6 +62,7 @@ def load_kernel(
     initrd: bytes | None,
     cmdline: str,
     acpi_rsdp_addr: int | None = None,
+    e820_reserved: list[E820Entry] = (),
 ) -> BootLayout:
     """Write kernel, initramfs, command line and zero page into RAM; return where they went."""
     kernel_end = kernel.load_addr + kernel.footprint
@@ -101,7 +102,12 @@ def load_kernel(
         memory.write(initrd_addr, initrd)
 
     zero_page = build_zero_page(
-        kernel, memory.e820(), initrd_addr, initrd_size, len(cmdline_bytes), acpi_rsdp_addr
+        kernel,
+        memory.e820(list(e820_reserved)),
+        initrd_addr,
+        initrd_size,
+        len(cmdline_bytes),
+        acpi_rsdp_addr,
     )
     memory.write(ZERO_PAGE_ADDR, zero_page)
     return BootLayout(kernel.load_addr, kernel_end, initrd_addr, initrd_size)
