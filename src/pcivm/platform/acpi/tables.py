@@ -1,4 +1,5 @@
-"""The ACPI tables pcivm writes below 1 MiB: RSDP, XSDT, FADT, FACS, DSDT and MADT.
+"""The ACPI tables pcivm writes below 1 MiB: RSDP, XSDT, FADT, FACS, DSDT, MADT and, for
+PCI Express, MCFG.
 
 They describe the platform as built: the vCPUs and the IOAPIC (MADT), the power-management
 and reset ports (FADT), and the soft-off state (DSDT \\_S5). Linux finds the RSDP through the
@@ -161,6 +162,16 @@ def build_madt(platform: AcpiPlatform) -> bytes:
     )
     body += struct.pack("<BBBHB", MADT_LOCAL_APIC_NMI, 6, 0xFF, 0, 1)  # all CPUs, LINT1
     return _table(b"APIC", 5, body)
+
+
+def build_mcfg(ecam_base: int, segment: int = 0, start_bus: int = 0, end_bus: int = 255) -> bytes:
+    """MCFG (PCI Firmware 3.3, 4.1.2): 8 reserved bytes, then one allocation entry: the
+    ECAM base address (that of bus 0, even when start_bus is not 0), the segment group and
+    the bus range it decodes."""
+    if not 0 <= start_bus <= end_bus <= 255:
+        raise ValueError(f"bad MCFG bus range {start_bus}-{end_bus}")
+    entry = struct.pack("<QHBBI", ecam_base, segment, start_bus, end_bus, 0)
+    return _table(b"MCFG", 1, bytes(8) + entry)
 
 
 def build_xsdt(entries: list[int]) -> bytes:
