@@ -72,8 +72,17 @@ def describe(function: PciFunction) -> str:
     return f"{short_bdf(function)} ({_label(function)})"
 
 
+def model_name(function: PciFunction) -> str:
+    """The device model as the user names it (-device DRIVER); built-in functions, whose
+    `driver` is left at the class name, go by their own name ("q35-host")."""
+    driver = getattr(function, "driver", "")
+    if not driver or driver == type(function).__name__:
+        return function.name
+    return driver
+
+
 def _label(function: PciFunction) -> str:
-    model = getattr(function, "driver", type(function).__name__)
+    model = model_name(function)
     if function.name and function.name != model:
         return f"{model} {function.name}"
     return model
@@ -620,7 +629,7 @@ def allocate(root: PciBus, layout: AddressLayout, host=None) -> Plan:
             fp = FunctionPlan(
                 bdf=f.bdf,
                 name=f.name,
-                model=getattr(f, "driver", type(f).__name__),
+                model=model_name(f),
                 bus_name=bus.name,
                 depth=depth,
                 vendor=f.vendor_id,
