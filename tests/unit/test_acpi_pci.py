@@ -16,6 +16,7 @@ from pcivm.platform.acpi import aml
 from pcivm.platform.acpi.pci import (
     ecam_motherboard_resource,
     host_bridge_crs,
+    pci_dsdt_devices,
     pci_host_bridge,
 )
 from pcivm.platform.acpi.tables import (
@@ -306,8 +307,14 @@ def test_ecam_motherboard_resource_covers_the_whole_ecam_window():
     assert high[0] == aml.qword_memory(0xE_0000_0000, 0xE_0000_0000 + (64 << 20) - 1, consumer=True)
 
 
+def test_dsdt_devices_of_a_machine_add_the_ecam_reservation_only_on_pci_express():
+    q35 = pci_dsdt_devices(True, IO, MEM32, MEM64, ECAM)
+    assert q35 == pci_host_bridge(True, IO, MEM32, MEM64, ECAM) + ecam_motherboard_resource(ECAM)
+    assert pci_dsdt_devices(False, IO, MEM32, None) == pci_host_bridge(False, IO, MEM32, None)
+
+
 def test_dsdt_keeps_s5_at_the_root_and_the_bridge_inside_sb():
-    devices = pci_host_bridge(True, IO, MEM32, MEM64, ECAM) + ecam_motherboard_resource(ECAM)
+    devices = pci_dsdt_devices(True, IO, MEM32, MEM64, ECAM)
     dsdt = build_dsdt(AcpiPlatform(**PLATFORM, dsdt_devices=devices))
     assert sum(dsdt) % 256 == 0
     body = dsdt[36:]

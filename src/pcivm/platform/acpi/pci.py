@@ -176,3 +176,18 @@ def ecam_motherboard_resource(
         aml.name("_UID", aml.string("ECAM")),
         aml.name("_CRS", aml.resource_template(region)),
     )
+
+
+def pci_dsdt_devices(
+    express: bool,
+    io: tuple[int, int],
+    mem32: tuple[int, int],
+    mem64: tuple[int, int] | None,
+    ecam_base: int | None = None,
+) -> bytes:
+    """What a machine puts in AcpiPlatform.dsdt_devices: the host bridge, and on PCI
+    Express the motherboard resource reserving its ECAM (buses 0-255)."""
+    devices = pci_host_bridge(express, io, mem32, mem64, ecam_base)
+    if express:
+        devices += ecam_motherboard_resource(ecam_base)
+    return devices
