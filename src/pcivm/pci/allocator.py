@@ -322,7 +322,6 @@ class _Allocator:
         self.pref_space: dict[int, str] = {}
         # Per space: granted candidates (None: all of them).
         self.granted: dict[str, set | None] = {s: None for s in SPACES}
-        self.denied_direct: dict[str, list] = {s: [] for s in SPACES}
 
     # -- bus numbers --------------------------------------------------------------------
 
@@ -532,7 +531,6 @@ class _Allocator:
             attempt = self.place(space, self.root_items(space))
             if attempt is None:
                 granted.discard(key)
-                self.denied_direct[space].append(candidate)
             else:
                 placed = attempt
         return placed
@@ -594,20 +592,19 @@ def allocate(root: PciBus, layout: AddressLayout, host=None) -> Plan:
     functions: list[FunctionPlan] = []
     unassigned_by_space: dict[str, list[str]] = {s: [] for s in SPACES}
     no_window_by_space: dict[str, list[str]] = {s: [] for s in SPACES}
-    directly_denied = {space: {a._key(c) for c in a.denied_direct[space]} for space in SPACES}
 
-    def reason_for(function: PciFunction, space: str, key: tuple) -> str:
+    def reason_for(function: PciFunction, space: str, kind: str) -> str:
+        """Why a range of window kind `kind` below `function`'s bus got no address."""
         label = SPACE_LABEL[space]
-        if key in directly_denied[space]:
-            return f"{label} space exhausted"
+        if a.layout.space(space) is None:
+            return f"the machine has no {label} space"
+        # The nearest bridge above whose window in this space could not be had.
         bus = function.bus
         while bus is not None and bus.parent is not None:
             bridge = bus.parent
-            if ("bridge", id(bridge)) in directly_denied[space]:
+            if (id(bridge), kind) not in addresses:
                 return f"{label} space exhausted: bridge {short_bdf(bridge)} has no window"
             bus = bridge.bus
-        if a.layout.space(space) is None:
-            return f"the machine has no {label} space"
         return f"{label} space exhausted"
 
     def visit(bus: PciBus, depth: int) -> None:
@@ -620,7 +617,7 @@ def allocate(root: PciBus, layout: AddressLayout, host=None) -> Plan:
                 if found is not None:
                     plan_bar.address = found[1]
                 else:
-                    plan_bar.reason = reason_for(f, space, ("bar", id(f), b.index))
+                    plan_bar.reason = reason_for(f, space, _bar_kind(b))
                     unassigned_by_space[space].append(f"{short_bdf(f)} BAR{b.index} ({_label(f)})")
                 bars.append(plan_bar)
             sub_vendor, sub_device = _subsystem(f)
@@ -660,7 +657,7 @@ def allocate(root: PciBus, layout: AddressLayout, host=None) -> Plan:
                         setattr(bp, kind, window)
                     elif (id(f), kind) in wanted_windows:
                         space = a.window_space(f, kind)
-                        bp.denied[kind] = reason_for(f, space, ("bridge", id(f)))
+                        bp.denied[kind] = reason_for(f, space, kind)
                         no_window_by_space[space].append(describe(f))
                 fp.bridge = bp
                 visit(f.secondary, depth + 1)
