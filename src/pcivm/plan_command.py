@@ -89,7 +89,9 @@ def human_size(size: int) -> str:
         if size >= 1 << shift:
             if size % (1 << shift) == 0:
                 return f"{size >> shift} {unit}"
-            return f"{size / (1 << shift):.2f}".rstrip("0").rstrip(".") + f" {unit}"
+            hundredths = size * 100 >> shift  # rounded down: never claims more than there is
+            text = f"{hundredths // 100}.{hundredths % 100:02d}".rstrip("0").rstrip(".")
+            return f"{text} {unit}"
     return f"{size} B"
 
 

@@ -110,7 +110,14 @@ def test_build_plan_uses_the_machines_memory_split():
 
 @pytest.mark.parametrize(
     ("size", "text"),
-    [(32, "32 B"), (0x1000, "4 KiB"), (0x2400, "9 KiB"), (0x2200, "8.5 KiB"), (64 << 30, "64 GiB")],
+    [
+        (32, "32 B"),
+        (0x1000, "4 KiB"),
+        (0x2400, "9 KiB"),
+        (0x2200, "8.5 KiB"),
+        (64 << 30, "64 GiB"),
+        ((64 << 30) - (3 << 20), "63.99 GiB"),
+    ],
 )
 def test_human_sizes(size, text):
     assert human_size(size) == text
