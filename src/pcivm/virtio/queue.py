@@ -1,0 +1,383 @@
+"""The split virtqueue (virtio 1.2, 2.7), device side.
+
+Everything in the rings is written by the guest and is checked before use: the queue
+size, where the rings are, every descriptor's address, length, flags and next index, the
+chain's length and shape, and how far the available index runs ahead. A violation raises
+`VirtqueueError`; the device turns it into DEVICE_NEEDS_RESET or a stopped queue
+(device.py). All guest memory is reached through `GuestMemory`, so a bad address can
+only ever raise, never touch host memory.
+
+Memory ordering. One worker at a time handles a queue (the device lock), and the guest
+runs on other CPUs. The driver writes a ring entry, then (after a write barrier) the
+available index; `pop` therefore reads the available index first and only then the ring
+entry and the descriptors it names. x86 does not reorder loads with loads, and CPython
+performs our loads in program order, so we see the entry the index promises. The same
+holds in the other direction for the used ring: we write the element, then the index
+(x86 does not reorder stores with stores). The one reordering x86 does allow, a later
+load passing an earlier store, matters where we publish something and then read what the
+driver asked for (used idx then used_event, avail_event then avail idx): there
+`_full_barrier` issues a locked instruction, as the kernel's virtio_mb would.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass, field
+
+from pcivm.memory import GuestMemory, GuestMemoryError
+from pcivm.virtio.constants import (
+    VIRTIO_PCI_VRING_ALIGN,
+    VIRTQ_AVAIL_F_NO_INTERRUPT,
+    VIRTQ_DESC_ALIGN,
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+    VIRTQ_DESC_SIZE,
+    VIRTQ_MAX_SIZE,
+    VIRTQ_USED_ALIGN,
+    VIRTQ_USED_ELEM_SIZE,
+    VIRTQ_USED_F_NO_NOTIFY,
+)
+
+_DESC = struct.Struct("<QIHH")
+_USED_ELEM = struct.Struct("<II")
+# 2.7.5.2: a chain is at most 2^32 bytes long in total (used.len is a le32).
+MAX_CHAIN_BYTES = 1 << 32
+# An indirect table is addressed by 16-bit next fields: more entries are unreachable.
+MAX_INDIRECT_ENTRIES = 1 << 16
+
+_fence = threading.Lock()
+
+
+def _full_barrier() -> None:
+    # Acquiring a pthread mutex is a locked read-modify-write on x86, a full barrier: the
+    # store before it is visible before the load after it (the smp_mb of virtio_ring.c).
+    with _fence:
+        pass
+
+
+class VirtqueueError(Exception):
+    """The guest broke the virtqueue rules; the message says which and where."""
+
+
+def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
+    """True when moving an index from `old_idx` to `new_idx` crosses `event_idx`
+    (2.7.7 / 2.7.10, include/uapi/linux/virtio_ring.h), in 16-bit arithmetic."""
+    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+def avail_ring_size(size: int) -> int:
+    return 6 + 2 * size  # flags, idx, ring[size], used_event
+
+
+def used_ring_size(size: int) -> int:
+    return 6 + VIRTQ_USED_ELEM_SIZE * size  # flags, idx, ring[size], avail_event
+
+
+def legacy_layout(pfn: int, size: int, align: int = VIRTIO_PCI_VRING_ALIGN) -> tuple[int, int, int]:
+    """(desc, avail, used) addresses of a legacy queue whose page frame number is `pfn`
+    (2.7.2 "Legacy Interfaces: A Note on Virtqueue Layout"): the descriptor table, the
+    available ring right after it, the used ring at the next `align` boundary."""
+    desc = pfn * VIRTIO_PCI_VRING_ALIGN
+    avail = desc + VIRTQ_DESC_SIZE * size
+    used = (avail + avail_ring_size(size) + align - 1) & ~(align - 1)
+    return desc, avail, used
+
+
+def legacy_ring_bytes(size: int, align: int = VIRTIO_PCI_VRING_ALIGN) -> int:
+    """The bytes a legacy queue of `size` entries occupies from its page frame on."""
+    desc, _, used = legacy_layout(0, size, align)
+    return used + used_ring_size(size) - desc
+
+
+@dataclass
+class DescriptorChain:
+    """One available descriptor chain, resolved and validated: the device-readable and
+    device-writable buffers as (guest address, length), in chain order."""
+
+    head: int
+    readable: list[tuple[int, int]] = field(default_factory=list)
+    writable: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(length for _, length in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(length for _, length in self.writable)
+
+    def readable_views(
+        self, memory: GuestMemory, skip: int = 0, limit: int | None = None
+    ) -> list[memoryview]:
+        """Views of the readable buffers, `skip` bytes in, at most `limit` bytes."""
+        return _views(memory, self.readable, skip, limit)
+
+    def writable_views(
+        self, memory: GuestMemory, skip: int = 0, limit: int | None = None
+    ) -> list[memoryview]:
+        """Views of the writable buffers, `skip` bytes in, at most `limit` bytes."""
+        return _views(memory, self.writable, skip, limit)
+
+    def read(self, memory: GuestMemory, offset: int, length: int) -> bytes:
+        """`length` bytes of the readable stream from `offset` (short at its end)."""
+        return b"".join(bytes(v) for v in self.readable_views(memory, offset, length))
+
+    def write(self, memory: GuestMemory, offset: int, data: bytes) -> int:
+        """Scatter `data` into the writable stream at `offset`; the bytes written."""
+        done = 0
+        for view in self.writable_views(memory, offset, len(data)):
+            view[:] = data[done : done + len(view)]
+            done += len(view)
+        return done
+
+
+def _views(
+    memory: GuestMemory, buffers: list[tuple[int, int]], skip: int, limit: int | None
+) -> list[memoryview]:
+    views = []
+    remaining = limit
+    for gpa, length in buffers:
+        if skip >= length:
+            skip -= length
+            continue
+        take = length - skip
+        if remaining is not None:
+            if remaining <= 0:
+                break
+            take = min(take, remaining)
+            remaining -= take
+        views.append(memory.view(gpa + skip, take))
+        skip = 0
+    return views
+
+
+class SplitQueue:
+    """The device's side of one split virtqueue.
+
+    The transport configures it (`set_size`, `set_addresses` or `set_legacy_pfn`,
+    `enable`); the device negotiates `event_idx`/`indirect` and then pops chains and
+    returns them with `add_used`. Not thread-safe by itself: the device serialises access.
+    """
+
+    def __init__(self, memory: GuestMemory, max_size: int, index: int = 0):
+        if max_size < 1 or max_size > VIRTQ_MAX_SIZE or max_size & (max_size - 1):
+            raise ValueError(f"queue size {max_size} is not a power of two up to 32768")
+        self.memory = memory
+        self.max_size = max_size
+        self.index = index
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self.ready = False
+        # Set by the device from the negotiated features when the driver is done.
+        self.event_idx = False
+        self.indirect = False
+        # Stopped after a guest error on the legacy interface: no processing until reset.
+        self.stopped = False
+        self.last_avail_idx = 0
+        self.used_idx = 0
+        self._signalled_used = 0
+        self._signalled_used_valid = False
+        self._used_since_signal = 0
+        self._notify_enabled = True
+
+    # --- configuration, by the transport -------------------------------------------------
+
+    def set_size(self, size: int) -> None:
+        """The driver's queue size (modern interface: it may shrink it); checked by
+        `enable`, so the register reads back what the driver wrote."""
+        self._check_not_ready("size")
+        self.size = size
+
+    def set_addresses(self, desc: int, avail: int, used: int) -> None:
+        self._check_not_ready("addresses")
+        self.desc_addr, self.avail_addr, self.used_addr = desc, avail, used
+
+    def _check_not_ready(self, what: str) -> None:
+        # 4.1.4.3.2: the driver must not change a queue it has enabled.
+        if self.ready:
+            raise VirtqueueError(f"queue {self.index}: {what} changed while enabled")
+
+    def set_legacy_pfn(self, pfn: int, align: int = VIRTIO_PCI_VRING_ALIGN) -> None:
+        """The legacy interface's queue address register: 0 disables the queue (the driver
+        deleting it), anything else places the rings (2.7.2) and makes the queue ready."""
+        stopped = self.stopped  # only a device reset restarts a stopped queue
+        self.reset()
+        self.stopped = stopped
+        if pfn == 0:
+            return
+        self.size = self.max_size  # a legacy driver cannot change the size
+        self.set_addresses(*legacy_layout(pfn, self.max_size, align))
+        self.enable()
+
+    def enable(self) -> None:
+        """Queue ready: a power-of-two size up to the maximum (2.7: split queues), the
+        rings inside guest RAM with the spec's alignment."""
+        size = self.size
+        if size < 1 or size > self.max_size or size & (size - 1):
+            raise VirtqueueError(
+                f"queue {self.index}: size {size} is not a power of two up to {self.max_size}"
+            )
+        parts = (
+            ("descriptor table", self.desc_addr, VIRTQ_DESC_SIZE * size, VIRTQ_DESC_ALIGN),
+            ("available ring", self.avail_addr, 6 + 2 * size, 2),
+            ("used ring", self.used_addr, used_ring_size(size), VIRTQ_USED_ALIGN),
+        )
+        for name, addr, length, align in parts:
+            if addr % align:
+                raise VirtqueueError(f"queue {self.index}: {name} at {addr:#x} is misaligned")
+            try:
+                self.memory.view(addr, length)
+            except GuestMemoryError:
+                raise VirtqueueError(
+                    f"queue {self.index}: {name} {addr:#x}+{length:#x} is outside RAM"
+                ) from None
+        # The available ring's used_event is optional (EVENT_IDX); check it when it is used.
+        self.ready = True
+
+    @property
+    def active(self) -> bool:
+        return self.ready and not self.stopped
+
+    # --- the available side ----------------------------------------------------------------
+
+    def _avail_idx(self) -> int:
+        return self.memory.read_u16(self.avail_addr + 2)
+
+    def pending(self) -> int:
+        """How many chains the driver has made available and we have not popped."""
+        if not self.active:
+            return 0
+        ahead = (self._avail_idx() - self.last_avail_idx) & 0xFFFF
+        if ahead > self.size:
+            raise VirtqueueError(
+                f"queue {self.index}: available index moved {ahead} entries ahead of "
+                f"{self.last_avail_idx} (queue size {self.size})"
+            )
+        return ahead
+
+    def pop(self) -> DescriptorChain | None:
+        """The next available chain, validated, or None when there is none."""
+        if not self.pending():
+            return None
+        # The ring entry is read after the index (see the module docstring).
+        slot = self.last_avail_idx % self.size
+        head = self.memory.read_u16(self.avail_addr + 4 + 2 * slot)
+        chain = self._walk(head)
+        self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
+        if self.event_idx and self._notify_enabled:
+            self._write_avail_event()
+        return chain
+
+    def _read_desc(self, table: int, index: int) -> tuple[int, int, int, int]:
+        return _DESC.unpack(self.memory.view(table + VIRTQ_DESC_SIZE * index, VIRTQ_DESC_SIZE))
+
+    def _walk(self, head: int) -> DescriptorChain:
+        where = f"queue {self.index} chain {head}"
+        if head >= self.size:
+            raise VirtqueueError(f"{where}: head index out of range (queue size {self.size})")
+        chain = DescriptorChain(head)
+        table, table_len = self.desc_addr, self.size
+        index, count, total = head, 0, 0
+        in_indirect = False
+        while True:
+            if index >= table_len:
+                raise VirtqueueError(f"{where}: next index {index} out of range ({table_len})")
+            count += 1
+            if count > table_len:
+                # Also what a loop looks like: 2.7.5.2, "loops are forbidden".
+                raise VirtqueueError(f"{where}: longer than its table ({table_len} entries)")
+            addr, length, flags, nxt = self._read_desc(table, index)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                # 2.7.5.3.1: negotiated, not nested, not combined with NEXT.
+                if not self.indirect:
+                    raise VirtqueueError(f"{where}: indirect descriptor not negotiated")
+                if in_indirect:
+                    raise VirtqueueError(f"{where}: nested indirect descriptor")
+                if flags & VIRTQ_DESC_F_NEXT:
+                    raise VirtqueueError(f"{where}: indirect descriptor with NEXT")
+                if length == 0 or length % VIRTQ_DESC_SIZE:
+                    raise VirtqueueError(f"{where}: indirect table length {length:#x}")
+                if length // VIRTQ_DESC_SIZE > MAX_INDIRECT_ENTRIES:
+                    raise VirtqueueError(f"{where}: indirect table of {length:#x} bytes")
+                self._check_buffer(where, addr, length)
+                # 2.7.5.3.2: the chain may be direct descriptors then one indirect table.
+                table, table_len = addr, length // VIRTQ_DESC_SIZE
+                index, count, in_indirect = 0, 0, True
+                continue
+            total += length
+            if total > MAX_CHAIN_BYTES:
+                raise VirtqueueError(f"{where}: more than 4 GiB in total")
+            if length:
+                self._check_buffer(where, addr, length)
+                if flags & VIRTQ_DESC_F_WRITE:
+                    chain.writable.append((addr, length))
+                elif chain.writable:
+                    # 2.7.4.2: device-readable buffers come before device-writable ones.
+                    raise VirtqueueError(f"{where}: readable buffer after a writable one")
+                else:
+                    chain.readable.append((addr, length))
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return chain
+            index = nxt
+
+    def _check_buffer(self, where: str, addr: int, length: int) -> None:
+        try:
+            self.memory.view(addr, length)
+        except GuestMemoryError:
+            raise VirtqueueError(f"{where}: buffer {addr:#x}+{length:#x} is outside RAM") from None
+
+    # --- the used side ---------------------------------------------------------------------
+
+    def add_used(self, head: int, written: int) -> None:
+        """Return chain `head` to the driver with `written` bytes written into it: the
+        element first, then the index (2.7.8.2: len is set before idx moves)."""
+        if not 0 <= written < MAX_CHAIN_BYTES:
+            raise ValueError(f"used length {written} does not fit le32")
+        slot = self.used_idx % self.size
+        elem = self.memory.view(self.used_addr + 4 + VIRTQ_USED_ELEM_SIZE * slot, 8)
+        _USED_ELEM.pack_into(elem, 0, head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        self.memory.write_u16(self.used_addr + 2, self.used_idx)
+        self._used_since_signal += 1
+
+    def should_interrupt(self) -> bool:
+        """Whether the driver wants a used buffer notification for what was added since
+        the last call (2.7.7): avail flags without EVENT_IDX, used_event with it."""
+        if not self._used_since_signal:
+            return False
+        self._used_since_signal = 0
+        _full_barrier()  # our used idx store before the load of the driver's request
+        if not self.event_idx:
+            flags = self.memory.read_u16(self.avail_addr)
+            return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
+        old, new = self._signalled_used, self.used_idx
+        valid = self._signalled_used_valid
+        self._signalled_used, self._signalled_used_valid = new, True
+        used_event = self.memory.read_u16(self.avail_addr + 4 + 2 * self.size)
+        return not valid or vring_need_event(used_event, new, old)
+
+    # --- available buffer notification suppression (2.7.10) --------------------------------
+
+    def set_notification(self, enabled: bool) -> None:
+        """Ask the driver for kicks (or not): NO_NOTIFY in the used flags, or with
+        EVENT_IDX avail_event. After enabling, re-check `pending()`: a chain made
+        available just before is not kicked."""
+        self._notify_enabled = enabled
+        if self.event_idx:
+            if enabled:
+                self._write_avail_event()
+        else:
+            self.memory.write_u16(self.used_addr, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
+        if enabled:
+            _full_barrier()  # the store above before the caller's re-read of avail idx
+
+    def _write_avail_event(self) -> None:
+        # avail_event sits after the used ring: kick us once idx passes what we have seen.
+        self.memory.write_u16(
+            self.used_addr + 4 + VIRTQ_USED_ELEM_SIZE * self.size, self.last_avail_idx
+        )
