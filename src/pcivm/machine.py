@@ -11,9 +11,18 @@ from typing import Protocol
 
 from pcivm.bus import AddressSpace
 from pcivm.memory import E820Entry, E820Type, GiB, GuestMemory
+from pcivm.pci.allocator import Plan, allocate
 from pcivm.pci.host import CONF1_ADDRESS_PORT, CONF1_PORTS, Conf1, Ecam, PciHost
+from pcivm.pci.layout import AddressLayout, machine_layout
 from pcivm.pci.topology import Topology, build_topology
-from pcivm.platform.acpi.tables import AcpiBlob, AcpiPlatform, PlatformPorts, build_acpi
+from pcivm.platform.acpi.pci import ecam_motherboard_resource, pci_host_bridge
+from pcivm.platform.acpi.tables import (
+    AcpiBlob,
+    AcpiPlatform,
+    PlatformPorts,
+    build_acpi,
+    build_mcfg,
+)
 from pcivm.platform.power import I8042, AcpiPm1, PowerEvents, ResetControl
 from pcivm.platform.rtc import CmosRtc
 from pcivm.platform.uart import Uart16550
@@ -86,7 +95,8 @@ class Platform:
     acpi: AcpiBlob
     topology: Topology
     pci: PciHost
-    plan: object | None = None  # the allocator's Plan
+    layout: AddressLayout
+    plan: Plan
 
 
 def build_pci(spec: VmSpec, io: AddressSpace, mmio: AddressSpace, irqs: IrqLines, reset):
@@ -120,6 +130,10 @@ def build_platform(
     io.register(PM_BASE, 6, AcpiPm1(power), "ACPI PM1")
     io.register(POST_PORT, 1, _Sink(), "POST port")
     topology, host = build_pci(spec, io, mmio, irqs, ResetControl(power))
+    # The firmware's part: every BAR, window and bus number assigned before the guest runs.
+    high_end = memory.regions[-1].end if len(memory.regions) > 1 else None
+    layout = machine_layout(spec.machine, spec.memory, memory.lowmem_end(), high_end)
+    plan = allocate(topology.root, layout, host=host)
 
     acpi = build_acpi(
         AcpiPlatform(
@@ -134,10 +148,41 @@ def build_platform(
                 reset_value=RESET_CONTROL_VALUE,
                 sci_irq=SCI_IRQ,
             ),
-        )
+            dsdt_devices=_pci_aml(spec, layout),
+        ),
+        extra_tables=[build_mcfg(ECAM_BASE, end_bus=_last_bus(topology))]
+        if spec.machine == "q35"
+        else [],
     )
     memory.write(acpi.base, acpi.data)
-    return Platform(spec, memory, io, mmio, uart, acpi, topology, host)
+    return Platform(spec, memory, io, mmio, uart, acpi, topology, host, layout, plan)
+
+
+def _last_bus(topology: Topology) -> int:
+    """The highest bus number the allocator gave out.
+
+    The MCFG covers buses 0 to this one, not all 256: Linux probes every bus up to the
+    MCFG's last one for peer host bridges (pcibios_fixup_peer_bridges), 32 config reads a
+    bus, each two exits through conf1 -- about 16,000 exits for a 256-bus MCFG.
+    """
+    buses = [f.subordinate_bus_number for f in topology.functions() if hasattr(f, "secondary")]
+    return max(buses, default=0)
+
+
+def _pci_aml(spec: VmSpec, layout: AddressLayout) -> bytes:
+    """The host bridge as the DSDT describes it, with the windows the allocator used."""
+    express = spec.machine == "q35"
+    mem64 = (layout.mem64.base, layout.mem64.limit) if layout.mem64 else None
+    aml = pci_host_bridge(
+        express,
+        (layout.io.base, layout.io.limit),
+        (layout.mem32.base, layout.mem32.limit),
+        mem64,
+        ECAM_BASE if express else None,
+    )
+    if express:
+        aml += ecam_motherboard_resource(ECAM_BASE)
+    return aml
 
 
 def e820_reserved(spec: VmSpec) -> list[E820Entry]:

@@ -358,6 +358,11 @@ class Vmm:
                 lines.append(f"  {space.name:8} {name:30} {count}")
         total = sum(platform.io.accesses.values()) + sum(platform.mmio.accesses.values())
         lines.append(f"  total {total}")
+        busiest = platform.pci.config_accesses.most_common(8)
+        if busiest:
+            lines.append("  busiest PCI config registers (bus:slot.fn+register: accesses):")
+            for (bus, slot, fn, reg), count in busiest:
+                lines.append(f"    {bus:02x}:{slot:02x}.{fn}+{reg:#05x} {count}")
         print("\n".join(lines), file=sys.stderr)
 
 

@@ -9,6 +9,7 @@ function decodes it and every bridge above forwards its whole range.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -87,6 +88,8 @@ class PciHost:
         self._conf1_address = 0
         self._batch = 0
         self._dirty = False
+        # Config accesses per (bus, slot, fn, register): where a guest's config traffic goes.
+        self.config_accesses: Counter[tuple[int, int, int, int]] = Counter()
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -120,12 +123,14 @@ class PciHost:
                 return None
 
     def config_read(self, bus: int, slot: int, fn: int, offset: int, size: int) -> int:
+        self.config_accesses[(bus, slot, fn, offset & ~3)] += 1
         function = self.find(bus, slot, fn)
         if function is None:
             return (1 << (8 * size)) - 1
         return function.read_config(offset, size)
 
     def config_write(self, bus: int, slot: int, fn: int, offset: int, size: int, value: int):
+        self.config_accesses[(bus, slot, fn, offset & ~3)] += 1
         function = self.find(bus, slot, fn)
         if function is not None:
             function.write_config(offset, size, value)
