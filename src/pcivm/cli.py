@@ -18,6 +18,7 @@ from pcivm.errors import PcivmError
 SUBCOMMANDS = {
     "box": "pcivm.box_command",
     "guest": "pcivm.guest.cli",
+    "plan": "pcivm.plan_command",
 }
 
 INTERNAL_ERROR_STATUS = 70  # EX_SOFTWARE
@@ -26,6 +27,7 @@ USAGE = """\
 usage: pcivm [QEMU-style options]      run a virtual machine
        pcivm box [--check] [--] COMMAND...   run COMMAND where a hardware-assisted KVM exists
        pcivm guest build|path          build the guest image / print its kernel and initramfs
+       pcivm plan [--json] [run options]   the PCI resource plan, without booting
        pcivm --version | -h
 """
 

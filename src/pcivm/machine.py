@@ -53,6 +53,14 @@ def lowmem_limit(machine: str, ram_size: int) -> int:
     return 0xE0000000 if ram_size < 0xE0000000 else 3 * GiB
 
 
+def pci_layout(spec: VmSpec) -> AddressLayout:
+    """Where PCI may place BARs and windows on this spec's machine: one function for both
+    `pcivm plan` and a run, so that the two never disagree."""
+    lowmem_end = min(spec.memory, lowmem_limit(spec.machine, spec.memory))
+    high_end = 4 * GiB + spec.memory - lowmem_end if spec.memory > lowmem_end else None
+    return machine_layout(spec.machine, spec.memory, lowmem_end, high_end)
+
+
 class IrqLines(Protocol):
     def set_irq(self, irq: int, level: int) -> None: ...
 
@@ -131,8 +139,7 @@ def build_platform(
     io.register(POST_PORT, 1, _Sink(), "POST port")
     topology, host = build_pci(spec, io, mmio, irqs, ResetControl(power))
     # The firmware's part: every BAR, window and bus number assigned before the guest runs.
-    high_end = memory.regions[-1].end if len(memory.regions) > 1 else None
-    layout = machine_layout(spec.machine, spec.memory, memory.lowmem_end(), high_end)
+    layout = pci_layout(spec)
     plan = allocate(topology.root, layout, host=host)
 
     acpi = build_acpi(

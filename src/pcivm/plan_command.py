@@ -30,7 +30,7 @@ from pcivm.pci.allocator import (
     allocate,
 )
 from pcivm.pci.bridge import Window
-from pcivm.pci.layout import AddressLayout, machine_layout
+from pcivm.pci.layout import AddressLayout
 from pcivm.spec import VmSpec
 
 USAGE = """\
@@ -49,11 +49,9 @@ def build_plan(spec: VmSpec) -> Plan:
 
 
 def spec_layout(spec: VmSpec) -> AddressLayout:
-    from pcivm.machine import lowmem_limit
+    from pcivm.machine import pci_layout
 
-    lowmem_end = min(spec.memory, lowmem_limit(spec.machine, spec.memory))
-    high_end = FOUR_GIB + spec.memory - lowmem_end if spec.memory > lowmem_end else None
-    return machine_layout(spec.machine, spec.memory, lowmem_end, high_end)
+    return pci_layout(spec)
 
 
 def main(argv: list[str]) -> int:
