@@ -1,0 +1,557 @@
+"""virtio-blk against a raw image: request round trips on both interfaces, bounds and
+read-only checks, flush, discard and write-zeroes, several requests in flight, the
+image lock, and hostile rings that must never escape guest RAM."""
+
+import fcntl
+import os
+import struct
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pcivm.errors import PcivmError
+from pcivm.memory import GuestMemory, MiB
+from pcivm.virtio.blk import BlockBackend, BlockImageError, VirtioBlk
+from pcivm.virtio.constants import (
+    DEVICE_NEEDS_RESET,
+    VIRTIO_BLK_F_DISCARD,
+    VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+    VIRTIO_F_VERSION_1,
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+)
+from pcivm.virtio.rng import VirtioRng
+from pcivm.virtio.testing import BlkDriver, DirectTransport, RngDriver, VirtioDriver
+
+IMAGE_SIZE = 4 * MiB
+SECTORS = IMAGE_SIZE // 512
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(IMAGE_SIZE)
+    return path
+
+
+@pytest.fixture
+def memory():
+    return GuestMemory(16 * MiB)
+
+
+def start(memory, image, *, legacy=False, read_only=False, cache="writeback", **kw):
+    backend = BlockBackend(image, read_only=read_only, cache=cache)
+    device = VirtioBlk(memory, backend, **kw)
+    transport = DirectTransport(device, legacy=legacy)
+    driver = VirtioDriver(transport, memory)
+    driver.init()
+    return device, BlkDriver(driver)
+
+
+def image_bytes(image, offset, length):
+    with open(image, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+@pytest.fixture
+def blk(memory, image):
+    device, drv = start(memory, image)
+    yield device, drv
+    device.close()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("shape", [{}, {"split": 700}, {"indirect": True}])
+def test_write_then_read_round_trips_through_the_image(memory, image, legacy, shape):
+    device, drv = start(memory, image, legacy=legacy)
+    data = os.urandom(4096)
+    assert drv.write(16, data, **shape).status == VIRTIO_BLK_S_OK
+    assert image_bytes(image, 16 * 512, 4096) == data
+    result = drv.read(16, 8, **shape)
+    assert result.status == VIRTIO_BLK_S_OK
+    assert result.data == data
+    assert result.used_len == 4096 + 1
+    device.close()
+
+
+def test_config_and_features_describe_the_disk(blk):
+    device, drv = blk
+    capacity, size_max, seg_max = struct.unpack_from("<QII", device.read_config(0, 16))
+    assert capacity == SECTORS and seg_max == 254 and size_max == 0
+    assert struct.unpack("<I", device.read_config(20, 4))[0] == 512  # blk_size
+    max_discard, max_discard_seg, alignment = struct.unpack("<III", device.read_config(36, 12))
+    assert max_discard > 0 and max_discard_seg >= 1 and alignment == 1
+    features = drv.driver.features
+    for feature in (VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES):
+        assert features & (1 << feature)
+    assert features & (1 << VIRTIO_F_VERSION_1)
+    assert not features & (1 << VIRTIO_BLK_F_RO)
+
+
+@pytest.mark.parametrize("sector,count", [(SECTORS - 1, 2), (SECTORS, 1), (2**63, 1)])
+def test_a_read_past_the_end_fails_and_reads_nothing(blk, sector, count):
+    device, drv = blk
+    result = drv.read(sector, count)
+    assert result.status == VIRTIO_BLK_S_IOERR
+    assert result.data == b"\xee" * count * 512  # the guest buffer is untouched
+    assert result.used_len == 1
+
+
+def test_a_write_past_the_end_fails_and_writes_nothing(blk, image):
+    device, drv = blk
+    assert drv.write(SECTORS - 1, b"z" * 1024).status == VIRTIO_BLK_S_IOERR
+    assert image_bytes(image, IMAGE_SIZE - 512, 512) == bytes(512)
+    assert os.path.getsize(image) == IMAGE_SIZE
+
+
+def test_a_partial_sector_is_refused(blk, image):
+    device, drv = blk
+    assert drv.write(0, b"q" * 100).status == VIRTIO_BLK_S_IOERR
+    assert image_bytes(image, 0, 100) == bytes(100)
+
+
+def test_a_read_only_drive_refuses_writes_and_offers_ro(memory, image):
+    with open(image, "r+b") as f:
+        f.write(b"original")
+    device, drv = start(memory, image, read_only=True)
+    assert drv.driver.features & (1 << VIRTIO_BLK_F_RO)
+    assert not drv.driver.features & (1 << VIRTIO_BLK_F_DISCARD)
+    assert drv.write(0, b"w" * 512).status == VIRTIO_BLK_S_IOERR
+    assert drv.discard([(0, 1)]).status == VIRTIO_BLK_S_UNSUPP
+    assert drv.write_zeroes([(0, 1)]).status == VIRTIO_BLK_S_UNSUPP
+    assert image_bytes(image, 0, 8) == b"original"
+    assert drv.read(0, 1).data[:8] == b"original"
+    device.close()
+
+
+def test_an_unknown_request_type_is_unsupported(blk):
+    device, drv = blk
+    result = drv.result(drv.submit(99, 0, read_len=0))
+    assert result.status == VIRTIO_BLK_S_UNSUPP
+
+
+def test_get_id_returns_the_serial_padded_to_20_bytes(memory, image):
+    device, drv = start(memory, image, serial="pcivm-disk-0")
+    assert drv.get_id().data == b"pcivm-disk-0".ljust(20, b"\0")
+    device.close()
+    device, drv = start(memory, image, serial="x" * 30)
+    result = drv.get_id()
+    assert result.data == b"x" * 20 and result.used_len == 21
+    short = drv.result(drv.submit(8, read_len=6))
+    assert short.data == b"x" * 6
+    device.close()
+
+
+def test_flush_calls_fdatasync(blk, monkeypatch):
+    device, drv = blk
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    assert drv.flush().status == VIRTIO_BLK_S_OK
+    assert calls == [device.backend.fd]
+
+
+def allocated(image):
+    return os.stat(image).st_blocks * 512
+
+
+def test_discard_punches_a_hole(blk, image):
+    device, drv = blk
+    assert drv.write(0, b"\x5a" * MiB).status == VIRTIO_BLK_S_OK
+    assert drv.flush().status == VIRTIO_BLK_S_OK
+    before = allocated(image)
+    assert before >= MiB
+    assert drv.discard([(0, 1024), (1536, 512)]).status == VIRTIO_BLK_S_OK
+    assert allocated(image) <= before - 768 * 1024
+    with open(image, "rb") as f:
+        assert os.lseek(f.fileno(), 0, os.SEEK_HOLE) == 0
+    assert drv.read(1024, 1).data == b"\x5a" * 512  # between the two segments: kept
+    assert os.path.getsize(image) == IMAGE_SIZE
+
+
+def test_a_bad_discard_segment_fails_before_anything_is_discarded(blk, image):
+    device, drv = blk
+    drv.write(0, b"\x5a" * 4096)
+    assert drv.discard([(0, 8), (SECTORS, 8)]).status == VIRTIO_BLK_S_IOERR
+    assert image_bytes(image, 0, 4096) == b"\x5a" * 4096
+    # The unmap flag is not allowed on discard (5.2.6.3).
+    payload = struct.pack("<QII", 0, 8, 1)
+    result = drv.result(drv.submit(VIRTIO_BLK_T_DISCARD, data=payload))
+    assert result.status == VIRTIO_BLK_S_UNSUPP
+    assert image_bytes(image, 0, 4096) == b"\x5a" * 4096
+
+
+@pytest.mark.parametrize("unmap", [False, True])
+def test_write_zeroes_reads_back_zeros(blk, image, unmap):
+    device, drv = blk
+    drv.write(0, b"\x77" * 8192)
+    drv.flush()
+    assert drv.write_zeroes([(0, 8)], unmap=unmap).status == VIRTIO_BLK_S_OK
+    assert image_bytes(image, 0, 8192) == bytes(4096) + b"\x77" * 4096
+
+
+def test_write_zeroes_falls_back_to_writing_zeros(blk, image, monkeypatch):
+    import pcivm.virtio.blk as blk_module
+
+    def unsupported(fd, mode, offset, length):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(blk_module, "fallocate", unsupported)
+    device, drv = blk
+    drv.write(0, b"\x77" * 4096)
+    assert drv.write_zeroes([(0, 4)]).status == VIRTIO_BLK_S_OK
+    assert image_bytes(image, 0, 4096) == bytes(2048) + b"\x77" * 2048
+    # Discard is advisory: without hole punching it succeeds and keeps the data.
+    assert drv.discard([(4, 4)]).status == VIRTIO_BLK_S_OK
+
+
+class GatedBackend(BlockBackend):
+    """Reads wait until the test opens the gate of their offset."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.gates: dict[int, threading.Event] = {}
+        self.started = threading.Semaphore(0)
+
+    def preadv(self, views, offset):
+        self.started.release()
+        self.gates.setdefault(offset, threading.Event()).wait(5)
+        return super().preadv(views, offset)
+
+
+def test_requests_in_flight_complete_out_of_order(memory, image):
+    with open(image, "r+b") as f:
+        for sector in (0, 8, 16):
+            f.seek(sector * 512)
+            f.write(bytes([sector + 1]) * 4096)
+    backend = GatedBackend(image)
+    for sector in (0, 8, 16):
+        backend.gates[sector * 512] = threading.Event()
+    device = VirtioBlk(memory, backend, workers=4)
+    transport = DirectTransport(device)
+    driver = VirtioDriver(transport, memory)
+    driver.init()
+    drv = BlkDriver(driver)
+    requests = [drv.submit(VIRTIO_BLK_T_IN, sector, read_len=4096) for sector in (0, 8, 16)]
+    for _ in requests:
+        assert backend.started.acquire(timeout=5)  # all three are in flight together
+    assert driver.poll(0) == []
+    order = []
+    for sector, request in zip((16, 0, 8), (requests[2], requests[0], requests[1]), strict=True):
+        backend.gates[sector * 512].set()
+        drv.result(request)
+        order.append(request.head)
+    assert [r.head for r in driver.completed] == order
+    for sector, request in zip((0, 8, 16), requests, strict=True):
+        payload = driver.read_writable(request)
+        assert payload[:-1] == bytes([sector + 1]) * 4096 and payload[-1] == VIRTIO_BLK_S_OK
+    device.close()
+
+
+def test_reset_waits_for_io_in_flight_and_drops_its_completion(memory, image):
+    backend = GatedBackend(image)
+    device = VirtioBlk(memory, backend, workers=2)
+    transport = DirectTransport(device)
+    driver = VirtioDriver(transport, memory)
+    driver.init()
+    request = BlkDriver(driver).submit(VIRTIO_BLK_T_IN, 0, read_len=512)
+    assert backend.started.acquire(timeout=5)
+    threading.Timer(0.1, lambda: backend.gates[0].set()).start()
+    transport.set_status(0)  # returns only once the read has finished
+    assert backend.gates[0].is_set()
+    assert driver.queues[0].used_idx() == 0 and not request.done
+    device.close()
+
+
+def test_several_writers_in_flight_all_land(memory, image):
+    device, drv = start(memory, image, workers=4)
+    requests = [drv.submit(VIRTIO_BLK_T_OUT, 8 * i, bytes([i]) * 4096) for i in range(32)]
+    assert all(drv.result(r).status == VIRTIO_BLK_S_OK for r in requests)
+    for i in range(32):
+        assert image_bytes(image, 4096 * i, 4096) == bytes([i]) * 4096
+    device.close()
+
+
+def test_a_request_without_a_status_byte_breaks_the_device(blk):
+    device, drv = blk
+    drv.driver.submit(0, [struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0)], [])
+    assert device.get_status() & DEVICE_NEEDS_RESET
+
+
+# --- the image file ---------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_with_qemus_message(image):
+    first = BlockBackend(image)
+    with pytest.raises(BlockImageError) as error:
+        BlockBackend(image)
+    message = str(error.value)
+    assert message.startswith('Failed to get "write" lock')
+    assert "Is another process using the image" in message or "is another process" in message
+    assert str(image) in message and "\n" not in message
+    with pytest.raises(BlockImageError, match='shared "write" lock'):
+        BlockBackend(image, read_only=True)
+    BlockBackend(image, locking=False).close()
+    first.close()
+    BlockBackend(image).close()  # the lock went with the first opener
+
+
+def test_two_readers_share_the_image(image):
+    a = BlockBackend(image, read_only=True)
+    b = BlockBackend(image, read_only=True)
+    with pytest.raises(BlockImageError, match='Failed to get "write" lock'):
+        BlockBackend(image)
+    a.close()
+    b.close()
+
+
+def test_a_missing_image_is_one_line_naming_the_file(tmp_path):
+    missing = tmp_path / "nope.img"
+    with pytest.raises(BlockImageError) as error:
+        BlockBackend(missing)
+    assert isinstance(error.value, PcivmError)
+    assert str(missing) in str(error.value) and "No such file" in str(error.value)
+    with pytest.raises(BlockImageError, match="cache mode"):
+        BlockBackend(missing, cache="unsafe")
+
+
+def test_cache_modes_open_the_image_with_the_right_flags(image):
+    for cache, flag in (("writethrough", os.O_DSYNC), ("none", os.O_DIRECT)):
+        try:
+            backend = BlockBackend(image, cache=cache)
+        except BlockImageError as error:
+            pytest.skip(f"the filesystem under the test refuses {cache}: {error}")
+        assert fcntl.fcntl(backend.fd, fcntl.F_GETFL) & flag
+        backend.close()
+
+
+def test_cache_none_bounces_misaligned_buffers(memory, image):
+    try:
+        device, drv = start(memory, image, cache="none")
+    except BlockImageError as error:
+        pytest.skip(f"no O_DIRECT here: {error}")
+    data = os.urandom(8192)
+    assert drv.write(8, data, split=1000).status == VIRTIO_BLK_S_OK  # misaligned buffers
+    assert drv.read(8, 16).data == data
+    assert drv.read(8, 16, split=1000).data == data
+    assert image_bytes(image, 4096, 8192) == data
+    device.close()
+
+
+# --- hostile guests ------------------------------------------------------------------------
+
+GUARD = b"\xa5"
+RINGS, TABLES, DATA, DATA_END = 0x100000, 0x110000, 0x200000, 0x300000
+HOSTILE_RAM = 4 * MiB
+QSIZE = 16
+
+
+@st.composite
+def descriptor(draw):
+    flags = draw(
+        st.sampled_from([0, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_INDIRECT])
+        | st.integers(0, 7)
+        | st.integers(0, 0xFFFF)
+    )
+    if flags & VIRTQ_DESC_F_INDIRECT and draw(st.booleans()):
+        addr = TABLES + 16 * draw(st.integers(0, 8))
+        length = 16 * draw(st.integers(0, 20)) + draw(st.sampled_from([0, 0, 8]))
+    elif flags & VIRTQ_DESC_F_WRITE and not flags & VIRTQ_DESC_F_INDIRECT:
+        # Writable buffers are in the data area or not in RAM at all: any byte the device
+        # writes elsewhere is a bug the guard pattern shows.
+        addr = draw(
+            st.integers(DATA, DATA_END - 1)
+            | st.sampled_from([HOSTILE_RAM, HOSTILE_RAM - 1, 2**64 - 1, 2**63])
+        )
+        room = max(DATA_END - addr, 1) if addr < DATA_END else 2**32 - 1
+        length = draw(st.integers(0, min(room, 1 << 16)) | st.sampled_from([room, 2**32 - 1]))
+        if addr < DATA_END:
+            length = min(length, DATA_END - addr)
+    else:
+        addr = draw(st.integers(0, HOSTILE_RAM + 16) | st.sampled_from([DATA, 2**64 - 16]))
+        length = draw(st.integers(0, 4096) | st.sampled_from([16, 17, 528, 2**32 - 1]))
+    nxt = draw(st.integers(0, QSIZE + 2) | st.integers(0, 0xFFFF))
+    return addr, length, flags, nxt
+
+
+def _request(draw, first: int, header: int, table_base: int = 0) -> list[tuple]:
+    """Three descriptors of a plausible request: header, data, status byte."""
+    data_flags = draw(st.sampled_from([0, VIRTQ_DESC_F_WRITE]))
+    data_len = draw(st.sampled_from([0, 512, 1024, 4096, 100]))
+    data = DATA + 0x10000 * draw(st.integers(1, 8))
+    status = DATA + 0xF0000 + 16 * first
+    return [
+        (DATA + 0x1000 * header, 16, VIRTQ_DESC_F_NEXT, table_base + first + 1),
+        (data, data_len, data_flags | VIRTQ_DESC_F_NEXT, table_base + first + 2),
+        (status, 1, VIRTQ_DESC_F_WRITE, 0),
+    ]
+
+
+@st.composite
+def plausible_table(draw, entries: int):
+    table = []
+    while len(table) + 3 <= entries:
+        table += _request(draw, len(table), draw(st.integers(0, 3)))
+    table += [(0, 0, 0, 0)] * (entries - len(table))
+    # Break some of it: each descriptor has a one-in-ten chance of being replaced.
+    return [d if draw(st.integers(0, 9)) else draw(descriptor()) for d in table]
+
+
+@st.composite
+def hostile_ring(draw):
+    plausible = draw(st.booleans())
+    if plausible:
+        table = draw(plausible_table(QSIZE))
+        if draw(st.booleans()):  # one request through an indirect table
+            table[QSIZE - 1] = (TABLES, 16 * 3, VIRTQ_DESC_F_INDIRECT, 0)
+        indirect = draw(plausible_table(6))
+        heads = [draw(st.sampled_from([0, 3, 6, 9, 12, 15])) for _ in range(QSIZE)]
+        heads = [h if draw(st.integers(0, 7)) else draw(st.integers(0, 0xFFFF)) for h in heads]
+        avail_idx = draw(st.integers(0, QSIZE + 1))
+    else:
+        table = draw(st.lists(descriptor(), min_size=QSIZE, max_size=QSIZE))
+        indirect = draw(st.lists(descriptor(), min_size=0, max_size=28))
+        heads = draw(st.lists(st.integers(0, QSIZE + 1), min_size=QSIZE, max_size=QSIZE))
+        avail_idx = draw(st.integers(0, QSIZE + 2) | st.integers(0, 0xFFFF))
+    return {
+        "table": table,
+        "indirect": indirect,
+        "heads": heads,
+        "avail_idx": avail_idx,
+        "headers": draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from([0, 1, 4, 8, 11, 13, 2, 99, 0xFFFFFFFF]),
+                    st.sampled_from([0, 1, 7, 8, 255, 256, 2**63, 2**64 - 1]),
+                ),
+                min_size=4,
+                max_size=4,
+            )
+        ),
+        "used_event": draw(st.integers(0, 0xFFFF)),
+        "avail_flags": draw(st.integers(0, 0xFFFF)),
+    }
+
+
+def _play_hostile(make_device, ring, legacy, event_idx):
+    memory = GuestMemory(HOSTILE_RAM)
+    memory.write(0, GUARD * HOSTILE_RAM)
+    device = make_device(memory)
+    transport = DirectTransport(device, legacy=legacy)
+    driver = VirtioDriver(transport, memory, arena=(RINGS, TABLES), data=(DATA, DATA_END))
+    wanted = ~0 if event_idx else ~(1 << 29)
+    driver.init(wanted)
+    q = driver.queues[0]
+    used_area = (q.used, q.used + 6 + 8 * q.size)
+    before = memory.read(0, HOSTILE_RAM)
+    for i, d in enumerate(ring["table"][: q.size]):
+        memory.write(q.desc + 16 * i, struct.pack("<QIHH", *d))
+    for i, d in enumerate(ring["indirect"]):
+        memory.write(TABLES + 16 * i, struct.pack("<QIHH", *d))
+    # Request headers where readable descriptors are likely to point.
+    for i, (kind, sector) in enumerate(ring["headers"]):
+        memory.write(DATA + 0x1000 * i, struct.pack("<IIQ", kind, 0, sector))
+    for i, head in enumerate(ring["heads"][: q.size]):
+        memory.write_u16(q.avail + 4 + 2 * i, head)
+    memory.write_u16(q.avail + 4 + 2 * q.size, ring["used_event"])
+    memory.write_u16(q.avail, ring["avail_flags"])
+    before = memory.read(0, HOSTILE_RAM)
+    memory.write_u16(q.avail + 2, ring["avail_idx"])
+    device.notify(0)
+    device.notify(0)
+
+    after = memory.read(0, HOSTILE_RAM)
+    # Outside the used ring, the avail idx the test wrote and the data area: untouched.
+    for start, end in [(0, q.avail + 2), (q.avail + 4, used_area[0]), (used_area[1], DATA)]:
+        assert after[start:end] == before[start:end], f"device wrote into {start:#x}-{end:#x}"
+    assert after[DATA_END:] == before[DATA_END:]
+
+    # A valid state: working, NEEDS_RESET (modern) or a stopped queue (legacy).
+    status = device.get_status()
+    stopped = device.queues[0].stopped
+    if legacy:
+        assert not status & DEVICE_NEEDS_RESET
+    else:
+        assert not stopped
+        assert bool(status & DEVICE_NEEDS_RESET) == device.broken
+    # Whatever happened, a reset brings the device back.
+    driver.rings.release(RINGS)
+    driver.buffers.release(DATA)
+    driver.init(wanted)
+    return device, driver
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(ring=hostile_ring(), legacy=st.booleans(), event_idx=st.booleans())
+def test_hostile_rings_never_escape_the_blk_device(tmp_path_factory, ring, legacy, event_idx):
+    path = tmp_path_factory.mktemp("hostile") / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(128 * 1024)
+    holder = []
+
+    def make(memory):
+        device = VirtioBlk(memory, BlockBackend(path), queue_size=QSIZE, workers=0)
+        holder.append(device)
+        return device
+
+    try:
+        device, driver = _play_hostile(make, ring, legacy, event_idx)
+        drv = BlkDriver(driver)
+        assert drv.write(0, b"\x11" * 512).status == VIRTIO_BLK_S_OK
+        assert drv.read(0, 1).data == b"\x11" * 512
+        assert device.get_status() & DEVICE_NEEDS_RESET == 0
+    finally:
+        for device in holder:
+            device.close()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ring=hostile_ring(), legacy=st.booleans(), event_idx=st.booleans())
+def test_hostile_rings_never_escape_the_rng_device(ring, legacy, event_idx):
+    def make(memory):
+        return VirtioRng(memory, queue_size=QSIZE)
+
+    device, driver = _play_hostile(make, ring, legacy, event_idx)
+    assert len(RngDriver(driver).read(16)) == 16
+
+
+def test_hostile_rings_with_io_threads_never_escape(image):
+    # The same game with the thread pool: requests finish on workers after notify returns.
+    ring = {
+        "table": [(DATA, 16, VIRTQ_DESC_F_NEXT, 1), (DATA + 0x8000, 4097, VIRTQ_DESC_F_WRITE, 0)]
+        + [(DATA + 0x1000 * i, 16, VIRTQ_DESC_F_NEXT, i + 1) for i in range(2, QSIZE)],
+        "indirect": [],
+        "heads": [0, 2, 0, 15, 3, 0, 1, 17, 0, 0, 0, 0, 0, 0, 0, 0],
+        "avail_idx": 9,
+        "headers": [(VIRTIO_BLK_T_IN, 8), (VIRTIO_BLK_T_OUT, 0), (4, 0), (8, 0)],
+        "used_event": 0,
+        "avail_flags": 0,
+    }
+    holder = []
+
+    def make(memory):
+        device = VirtioBlk(memory, BlockBackend(image), queue_size=QSIZE, workers=3)
+        holder.append(device)
+        return device
+
+    for legacy in (False, True):
+        device, driver = _play_hostile(make, ring, legacy, True)
+        assert BlkDriver(driver).read(0, 1).status == VIRTIO_BLK_S_OK
+        device.close()
