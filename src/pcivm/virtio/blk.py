@@ -10,7 +10,10 @@ it, and moves the data with `os.preadv`/`os.pwritev` straight between the image 
 memoryviews of guest RAM. Requests run on a small thread pool: preadv/pwritev release
 the GIL, so several requests are in flight at once and complete in whatever order the
 host finishes them; the used ring is written under the device lock. `workers=0` runs
-each request inline on the notifying thread (deterministic, for tests).
+each request inline on the notifying thread (deterministic, for tests). Measured on a
+2-CPU host with the test driver, 120 cached 64 KiB reads in flight: 4 workers serve
+about 1.5 times what inline I/O does, 8 workers little more; with O_DIRECT the pool
+mostly pays for itself by keeping the notify path free of blocking I/O.
 """
 
 from __future__ import annotations
