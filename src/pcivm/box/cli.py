@@ -6,6 +6,7 @@ Errors are one line (plus the console's tail when the machine fails to start).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -48,6 +49,28 @@ INTERRUPTS_BEFORE_TEARDOWN = 3
 
 class UsageProblem(ValueError):
     pass
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP before the command runs: unwind so the machine is torn down."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signum)
+
+
+@contextlib.contextmanager
+def _terminated_by_signals():
+    def terminate(signum, _frame):
+        raise Terminated(signum)
+
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, terminate) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -123,9 +146,12 @@ def main(argv: list[str], kernel_provider: KernelProvider) -> int:
     if args.debug:
         logging.getLogger("pcivm.box").setLevel(logging.DEBUG)
     try:
-        if args.check:
-            return check(args, kernel_provider)
-        return run_command(args, kernel_provider)
+        with _terminated_by_signals():
+            if args.check:
+                return check(args, kernel_provider)
+            return run_command(args, kernel_provider)
+    except Terminated as exc:
+        return 128 + exc.signum
     except BoxTimeoutError as exc:
         print(f"pcivm box: {exc}", file=sys.stderr)
         return STATUS_TIMED_OUT

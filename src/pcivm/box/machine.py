@@ -68,8 +68,11 @@ class TcgMachine:
         self.workdir = Path(tempfile.mkdtemp(prefix="pcivm-box-"))
         try:
             self._start(qemu, virtiofsd, busybox, timeout)
-        except BaseException:
-            self.failed = True
+        except Exception:
+            self.failed = True  # keep the logs for the error message to point at
+            self.close()
+            raise
+        except BaseException:  # interrupted: not the box's fault, nothing to keep
             self.close()
             raise
         log.info("box up in %.1f s: %s", time.monotonic() - started, self.info)
@@ -150,3 +153,4 @@ class TcgMachine:
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         self.qemu = self.virtiofsd = None
+        self.workdir = None
