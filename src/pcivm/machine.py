@@ -155,7 +155,7 @@ def build_platform(
                 reset_value=RESET_CONTROL_VALUE,
                 sci_irq=SCI_IRQ,
             ),
-            dsdt_devices=_pci_aml(spec, layout),
+            dsdt_devices=_pci_aml(spec, layout, _last_bus(topology)),
         ),
         extra_tables=[build_mcfg(ECAM_BASE, end_bus=_last_bus(topology))]
         if spec.machine == "q35"
@@ -176,7 +176,7 @@ def _last_bus(topology: Topology) -> int:
     return max(buses, default=0)
 
 
-def _pci_aml(spec: VmSpec, layout: AddressLayout) -> bytes:
+def _pci_aml(spec: VmSpec, layout: AddressLayout, last_bus: int) -> bytes:
     """The host bridge as the DSDT describes it, with the windows the allocator used."""
     express = spec.machine == "q35"
     mem64 = (layout.mem64.base, layout.mem64.limit) if layout.mem64 else None
@@ -186,6 +186,8 @@ def _pci_aml(spec: VmSpec, layout: AddressLayout) -> bytes:
         (layout.mem32.base, layout.mem32.limit),
         mem64,
         ECAM_BASE if express else None,
+        # On q35 the root's bus range is the MCFG's (see _last_bus); pc has no MCFG.
+        last_bus if express else 0xFF,
     )
     if express:
         aml += ecam_motherboard_resource(ECAM_BASE)

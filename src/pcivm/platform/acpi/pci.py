@@ -102,8 +102,9 @@ def host_bridge_crs(
     io: tuple[int, int],
     mem32: tuple[int, int],
     mem64: tuple[int, int] | None,
+    last_bus: int = 0xFF,
 ) -> bytes:
-    """The resource template of the root bus: buses 0-255, the conf1 ports it consumes,
+    """The resource template of the root bus: buses 0-last_bus, the conf1 ports it consumes,
     the IO windows around them, the VGA range, and the 32- and 64-bit memory windows."""
     io_base, io_limit = io
     if io_base < IO_HIGH_FIRST or io_limit > 0xFFFF or io_base > io_limit:
@@ -111,7 +112,7 @@ def host_bridge_crs(
     if mem32[0] <= VGA_MEM_LAST or mem32[1] >= 1 << 32:
         raise ValueError(f"32-bit PCI window {mem32[0]:#x}-{mem32[1]:#x} is out of range")
     descriptors = [
-        aml.word_bus_number(0, 0xFF),
+        aml.word_bus_number(0, last_bus),
         aml.io_port(CONF1_FIRST, CONF1_FIRST, 1, CONF1_LAST - CONF1_FIRST + 1),
         # The platform's own ports (UART, PM, ...) sit below 0xcf8 and are forwarded as on
         # a PC; the window above 0xd00 ends where pcivm's allocator ends.
@@ -133,9 +134,11 @@ def pci_host_bridge(
     mem32: tuple[int, int],
     mem64: tuple[int, int] | None,
     ecam_base: int | None = None,
+    last_bus: int = 0xFF,
 ) -> bytes:
     """Device (PCI0) for \\_SB: `io`, `mem32` and `mem64` are the allocator's windows as
-    (base, inclusive limit). `ecam_base` is only checked here (it goes in the MCFG and in
+    (base, inclusive limit); `last_bus` ends its bus range (the MCFG's, on q35).
+    `ecam_base` is only checked here (it goes in the MCFG and in
     `ecam_motherboard_resource`); a q35 bridge needs it."""
     if express and ecam_base is None:
         raise ValueError("a PCI Express host bridge needs its ECAM base")
@@ -149,7 +152,7 @@ def pci_host_bridge(
         aml.name("_UID", aml.integer(0)),
         aml.name("_SEG", aml.integer(0)),
         aml.name("_BBN", aml.integer(0)),
-        aml.name("_CRS", host_bridge_crs(io, mem32, mem64)),
+        aml.name("_CRS", host_bridge_crs(io, mem32, mem64, last_bus)),
         prt(),
         dsm(),
     ]

@@ -1,0 +1,148 @@
+"""The guest agrees with the plan: `pcivm plan --json` against what Linux enumerated,
+device by device (BDFs, ids, classes, BAR addresses, sizes and flags, bridge windows,
+and which BARs were left unassigned), on a matrix of topologies.
+
+Past the IO space (16 and 24 root ports each holding a device with an IO BAR) the last
+devices come out without IO, exactly as the plan says, and the guest boots all the same.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pcivm.guest.image import ensure_image
+from pcivm.options import parse_options
+from pcivm.pci.plan_compare import compare
+from pcivm.plan_command import build_plan
+from pcivm.reference import GuestBoot, RunnerTimeout, run_reference
+
+pytestmark = pytest.mark.e2e
+
+BOOT_TIMEOUT_S = 240
+
+
+def root_ports(count: int, device: str = "pci-testdev") -> list[str]:
+    out = []
+    for i in range(1, count + 1):
+        out += [f"pcie-root-port,id=rp{i},chassis={i}", f"{device},bus=rp{i}"]
+    return out
+
+
+PC_20 = [f"pci-testdev,id=t{i}" for i in range(16)] + [
+    # a multifunction device: three functions in one slot
+    "pci-testdev,id=mf0,addr=1a.0,multifunction=on",
+    "pci-testdev,id=mf1,addr=1a.1",
+    "pci-testdev,id=mf2,addr=1a.2,bar0=io:32,bar1=none",
+    # a 64-bit prefetchable BAR: above 4 GiB
+    "pci-testdev,id=big,addr=1b.0,bar2=mem64-pref:256M",
+]
+Q35_MIXED = (
+    root_ports(4)
+    + ["pcie-root-port,id=sw,chassis=10", "x3130-upstream,id=up,bus=sw"]
+    + [f"xio3130-downstream,id=dn{i},bus=up,chassis={20 + i},slot={i}" for i in range(4)]
+    + [f"pci-testdev,bus=dn{i}" for i in range(4)]
+    + ["pcie-root-port,id=pb,chassis=11", "pcie-pci-bridge,id=br,bus=pb"]
+    + [f"pci-testdev,bus=br,addr={i + 1}" for i in range(3)]
+    + ["pci-testdev,id=onroot"]
+)
+
+TOPOLOGIES = {
+    "pc-20-devices": ("pc", PC_20, ["-smp", "4"]),
+    "q35-switch-and-pci-bridge": ("q35", Q35_MIXED, []),
+    "q35-4-root-ports": ("q35", root_ports(4), []),
+    "q35-14-root-ports": ("q35", root_ports(14), []),
+    "q35-16-root-ports": ("q35", root_ports(16), []),
+    "q35-24-root-ports": ("q35", root_ports(24), []),
+}
+
+
+def plan_json(machine: str, devices: list[str], memory: str = "1G") -> dict:
+    argv = ["-M", machine, "-m", memory, "-kernel", "unused"]
+    for device in devices:
+        argv += ["-device", device]
+    return build_plan(parse_options(argv)).to_json()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return ensure_image()
+
+
+@pytest.fixture(scope="module")
+def runner(box):
+    def in_box(argv: list[str], timeout: float) -> tuple[int, bytes]:
+        from pcivm.box.errors import BoxTimeoutError
+
+        try:
+            status, out, err = box.run_capture(argv, timeout=timeout)
+        except BoxTimeoutError as exc:
+            raise RunnerTimeout(exc.stdout + exc.stderr) from None
+        return status, out + err
+
+    return in_box
+
+
+def boot(image, runner, machine, devices, extra=(), run=None):
+    guest = GuestBoot(
+        kernel=image.vmlinux,
+        initrd=image.initrd,
+        machine=machine,
+        devices=devices,
+        extra_args=list(extra),
+        run=run,
+    )
+    return run_reference(guest, runner=runner, timeout=BOOT_TIMEOUT_S, vmm="pcivm")
+
+
+@pytest.mark.parametrize("name", list(TOPOLOGIES))
+def test_guest_enumerates_exactly_what_the_plan_says(name, image, runner):
+    machine, devices, extra = TOPOLOGIES[name]
+    plan = plan_json(machine, devices)
+    result = boot(image, runner, machine, devices, extra)
+    assert result.returncode == 0, result.console[-3000:]
+    differences = compare(plan, result.report)
+    assert differences == [], "\n".join(differences)
+    # Linux kept the firmware's assignment: it moved nothing, and what it could not place
+    # is exactly what the plan left unassigned.
+    kmsg = result.report["kmsg"]
+    assert [line for line in kmsg if line.endswith(": assigned")] == []
+    refused = sorted(line.split(": ")[0].split()[-1] for line in kmsg if "can't assign" in line)
+    assert refused == sorted(u["bdf"] for u in plan["unassigned"])
+    testdevs = [d for d in result.report["pci"] if d["device"] == "0x0005"]
+    assert len(testdevs) == sum(1 for d in devices if d.startswith("pci-testdev"))
+
+
+def test_io_space_runs_out_after_fifteen_windows():
+    plan = plan_json("q35", root_ports(24))
+    ports_without_io = [u["name"] for u in plan["unassigned"] if u["index"] == 13]
+    bars_without_io = [u["name"] for u in plan["unassigned"] if u["index"] == 1]
+    assert ports_without_io == [f"rp{i}" for i in range(16, 25)]
+    assert len(bars_without_io) == 24 - 15
+    assert any("IO space exhausted" in w for w in plan["warnings"])
+
+
+def test_pc_run_checks_smp_multifunction_and_command_register(image, runner):
+    # The first test device (00:02.0) has its IO BAR at the address the plan gave it;
+    # reading it through /dev/port shows the signature until the command register's IO
+    # bit is cleared, then all-ones.
+    plan = plan_json("pc", PC_20)
+    (first,) = [d for d in plan["pci"] if d["bdf"] == "0000:00:02.0"]
+    (io_bar,) = [b for b in first["bars"] if b["type"] == "io"]
+    port = int(io_bar["start"], 16)
+    config = "/sys/bus/pci/devices/0000:00:02.0/config"
+    command = (
+        f"nproc; dd if=/dev/port bs=1 skip={port} count=4 2>/dev/null | od -An -c; "
+        f"printf '\\002\\000' | dd of={config} bs=1 seek=4 count=2 conv=notrunc 2>/dev/null; "
+        f"dd if=/dev/port bs=1 skip={port} count=4 2>/dev/null | od -An -tx1"
+    )
+    result = boot(image, runner, "pc", PC_20, ["-smp", "4"], run=command)
+    assert result.run_exit == 0, result.console[-2000:]
+    lines = result.run_output.splitlines()
+    assert lines[0].strip() == "4"
+    assert lines[1].split() == ["P", "C", "I", "V"]
+    assert lines[2].split() == ["ff", "ff", "ff", "ff"]
+    big = [d for d in result.report["pci"] if d["bdf"] == "0000:00:1b.0"][0]
+    (bar2,) = [b for b in big["bars"] if b["index"] == 2]
+    assert int(bar2["start"], 16) >= 1 << 32 and bar2["mem64"] and bar2["prefetch"]
+    functions = {d["bdf"] for d in result.report["pci"]}
+    assert {"0000:00:1a.0", "0000:00:1a.1", "0000:00:1a.2"} <= functions
