@@ -62,7 +62,11 @@ def pci_layout(spec: VmSpec) -> AddressLayout:
 
 
 class IrqLines(Protocol):
+    """How devices interrupt: a line of the interrupt controllers, or a message (MSI)."""
+
     def set_irq(self, irq: int, level: int) -> None: ...
+
+    def signal_msi(self, address: int, data: int) -> None: ...
 
 
 class _Sink:
@@ -109,7 +113,7 @@ class Platform:
 
 def build_pci(spec: VmSpec, io: AddressSpace, mmio: AddressSpace, irqs: IrqLines, reset):
     """The PCI hierarchy of the spec, reachable through conf1 (and ECAM on q35)."""
-    topology = build_topology(spec.machine, spec.devices)
+    topology = build_topology(spec.machine, spec.devices, spec.drives)
     host = PciHost(topology.root, io, mmio, irqs.set_irq)
     for function in topology.functions():
         host.adopt(function)
@@ -141,6 +145,11 @@ def build_platform(
     # The firmware's part: every BAR, window and bus number assigned before the guest runs.
     layout = pci_layout(spec)
     plan = allocate(topology.root, layout, host=host)
+    # Devices with a backend (virtio) come to life on guest RAM; `pcivm plan` never does this.
+    for function in topology.functions():
+        realize = getattr(function, "realize", None)
+        if realize is not None:
+            realize(memory, irqs)
 
     acpi = build_acpi(
         AcpiPlatform(

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from pcivm.errors import UsageError
-from pcivm.spec import DeviceSpec, SerialSpec, VmSpec
+from pcivm.spec import DeviceSpec, DriveSpec, SerialSpec, VmSpec
 
 DEFAULT_MEMORY = 128 << 20  # QEMU's default -m
 MAX_VCPUS = 255  # xAPIC ids are 8 bits; 0xff is the broadcast id
@@ -37,7 +37,7 @@ WITH_ARGUMENT = {
 FLAGS = {"nographic", "no-reboot", "enable-kvm", "nodefaults", "no-user-config", "d", "debug"}
 
 # Options that may be given more than once; each occurrence is kept, in order.
-REPEATABLE = {"device"}
+REPEATABLE = {"device", "drive"}
 WITH_ARGUMENT |= REPEATABLE
 
 _SIZE_SUFFIXES = {"": 20, "k": 10, "m": 20, "g": 30, "t": 40, "b": 0}
@@ -98,6 +98,47 @@ def parse_device(text: str) -> DeviceSpec:
     return DeviceSpec(driver, tuple(props), text)
 
 
+DRIVE_KEYS = {"file", "if", "id", "format", "readonly", "cache", "serial", "media", "index"}
+CACHE_MODES = ("none", "writeback", "writethrough")
+
+
+def parse_drive(text: str, index: int) -> DriveSpec:
+    """'-drive file=PATH,if=virtio[,format=raw][,readonly=on][,cache=...][,serial=...]'."""
+    props: dict[str, str] = {}
+    for part in split_qemu_opts(text):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UsageError(f"-drive {text}: '{part}' needs a value (key=value)")
+        if key not in DRIVE_KEYS:
+            raise UsageError(f"-drive {text}: Invalid parameter '{key}'")
+        props[key] = value
+    if not props.get("file"):
+        raise UsageError(f"-drive {text}: a disk image is required (file=PATH)")
+    interface = props.get("if", "virtio" if "id" not in props else "none")
+    if interface not in ("virtio", "none"):
+        raise UsageError(f"-drive {text}: if={interface} is not supported (virtio or none)")
+    if props.get("format", "raw") != "raw":
+        raise UsageError(f"-drive {text}: format={props['format']} is not supported (raw only)")
+    if props.get("media", "disk") != "disk":
+        raise UsageError(f"-drive {text}: media={props['media']} is not supported (disk only)")
+    cache = props.get("cache", "writeback")
+    if cache not in CACHE_MODES:
+        raise UsageError(f"-drive {text}: cache={cache} is not one of {', '.join(CACHE_MODES)}")
+    read_only = props.get("readonly", "off").lower()
+    if read_only not in ("on", "off", "true", "false", "yes", "no"):
+        raise UsageError(f"-drive {text}: readonly expects on or off, not '{read_only}'")
+    if interface == "none" and "id" not in props:
+        raise UsageError(f"-drive {text}: if=none needs an id= for -device ...,drive=ID")
+    return DriveSpec(
+        id=props.get("id", f"virtio{index}"),
+        file=Path(props["file"]),
+        interface=interface,
+        read_only=read_only in ("on", "true", "yes"),
+        cache=cache,
+        serial=props.get("serial", ""),
+    )
+
+
 def _parse_memory(arg: str) -> int:
     # -m [size=]megs[,slots=n,maxmem=size]: only the size matters without hotplug.
     first = arg.split(",")[0]
@@ -142,6 +183,7 @@ def _option_name(word: str) -> str | None:
 def parse_options(argv: list[str]) -> VmSpec:
     values: dict[str, str] = {}
     repeated: dict[str, list[str]] = {name: [] for name in REPEATABLE}
+    order: list[tuple[str, int]] = []  # -device and -drive if=virtio make devices in order
     flags: set[str] = set()
     i = 0
     while i < len(argv):
@@ -159,6 +201,7 @@ def parse_options(argv: list[str]) -> VmSpec:
             raise UsageError(f"-{name}: requires an argument")
         if name in REPEATABLE:
             repeated[name].append(argv[i + 1])
+            order.append((name, len(repeated[name]) - 1))
         else:
             values["machine" if name == "M" else name] = argv[i + 1]
         i += 2
@@ -183,5 +226,27 @@ def parse_options(argv: list[str]) -> VmSpec:
         no_reboot="no-reboot" in flags,
         name=values.get("name"),
         debug=bool(flags & {"d", "debug"}),
-        devices=tuple(parse_device(text) for text in repeated["device"]),
+        **_devices_and_drives(repeated, order),
     )
+
+
+def _devices_and_drives(repeated: dict[str, list[str]], order: list[tuple[str, int]]) -> dict:
+    """-device options, and a virtio-blk-pci for each -drive if=virtio, in command-line
+    order (as QEMU creates them)."""
+    drives = [parse_drive(text, i) for i, text in enumerate(repeated["drive"])]
+    ids = [d.id for d in drives]
+    duplicate = next((i for i in ids if ids.count(i) > 1), None)
+    if duplicate:
+        raise UsageError(f"-drive id={duplicate}: Duplicate ID '{duplicate}' for drive")
+    devices = []
+    for name, index in order:
+        if name == "device":
+            devices.append(parse_device(repeated["device"][index]))
+        elif drives[index].interface == "virtio":
+            drive = drives[index]
+            devices.append(
+                DeviceSpec(
+                    "virtio-blk-pci", (("drive", drive.id),), f"virtio-blk-pci,drive={drive.id}"
+                )
+            )
+    return {"devices": tuple(devices), "drives": tuple(drives)}

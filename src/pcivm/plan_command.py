@@ -44,7 +44,7 @@ def build_plan(spec: VmSpec) -> Plan:
     """The plan of the machine `spec` describes, as a run would program it."""
     from pcivm.pci.topology import build_topology
 
-    topology = build_topology(spec.machine, spec.devices)
+    topology = build_topology(spec.machine, spec.devices, spec.drives)
     return allocate(topology.root, spec_layout(spec))
 
 

@@ -29,6 +29,18 @@ class DeviceSpec:
 
 
 @dataclass(frozen=True)
+class DriveSpec:
+    """One -drive option: a disk image and how to open it."""
+
+    id: str
+    file: Path
+    interface: str = "virtio"  # "virtio" (a virtio-blk-pci of its own) or "none"
+    read_only: bool = False
+    cache: str = "writeback"
+    serial: str = ""
+
+
+@dataclass(frozen=True)
 class VmSpec:
     memory: int
     kernel: Path
@@ -41,3 +53,4 @@ class VmSpec:
     name: str | None = None
     debug: bool = False
     devices: tuple[DeviceSpec, ...] = ()
+    drives: tuple[DriveSpec, ...] = ()

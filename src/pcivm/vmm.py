@@ -21,6 +21,7 @@ from pcivm.boot.x86_entry import set_entry_state, write_boot_tables
 from pcivm.boot.zero_page import ZERO_PAGE_ADDR, load_kernel
 from pcivm.console import SerialBackend
 from pcivm.errors import HostError, PcivmError
+from pcivm.ioevents import IoEventWorker
 from pcivm.kvm import numbers as N
 from pcivm.kvm.api import Kvm, KvmUnavailable, Vcpu, VirtualMachine
 from pcivm.machine import POST_PORT, Platform, build_platform, e820_reserved
@@ -59,6 +60,9 @@ class KvmIrqLines:
     def set_irq(self, irq: int, level: int) -> None:
         self._vm.set_irq_line(irq, level)
 
+    def signal_msi(self, address: int, data: int) -> None:
+        self._vm.signal_msi(address, data)
+
 
 class Vmm:
     def __init__(self, spec: VmSpec):
@@ -72,6 +76,7 @@ class Vmm:
         self._vcpu_reports: dict[int, str] = {}
         self._report_wanted = threading.Event()
         self._vm: VirtualMachine | None = None
+        self._io_workers: list[IoEventWorker] = []
         self.platform: Platform | None = None
 
     # -- PowerEvents ----------------------------------------------------------------------
@@ -127,6 +132,11 @@ class Vmm:
         vm.create_irqchip()
         vm.create_pit2()
         platform = build_platform(spec, KvmIrqLines(vm), self, serial.write)
+        self.platform = platform
+        # Queue kicks go to worker threads through ioeventfds, never the vCPU thread.
+        for function in platform.topology.functions():
+            if hasattr(function, "notify_addresses"):
+                self._io_workers.append(IoEventWorker(vm, function))
         for region in platform.memory.regions:
             vm.add_memory(region.guest_phys_addr, region.size, platform.memory.host_address(region))
         if kvm.check_extension(N.KVM_CAP_COALESCED_PIO):
@@ -195,6 +205,15 @@ class Vmm:
 
     def _release(self) -> None:
         """Close every KVM descriptor, so that a process can run VMs one after another."""
+        for worker in self._io_workers:
+            worker.close()
+        self._io_workers.clear()
+        if self.platform is not None:
+            for function in self.platform.topology.functions():
+                device = getattr(function, "device", None)
+                close = getattr(device, "close", None)
+                if close is not None:
+                    close()
         for vcpu in self._vcpus:
             vcpu.close()
         self._vcpus.clear()

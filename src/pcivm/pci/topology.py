@@ -28,7 +28,7 @@ from pcivm.pci.topology_devices import (
     X3130Upstream,
     Xio3130Downstream,
 )
-from pcivm.spec import DeviceSpec
+from pcivm.spec import DeviceSpec, DriveSpec
 
 COMMON_PROPS = ("id", "bus", "addr", "multifunction")
 
@@ -79,11 +79,12 @@ def parse_size_prop(driver: str, key: str, value: str) -> int:
 class DeviceModel:
     name: str
     props: frozenset[str]
-    create: Callable[[str, dict[str, str]], PciFunction]
+    # (name, driver-specific properties, the bus it goes on, the topology) -> the function
+    create: Callable[[str, dict[str, str], PciBus, Topology], PciFunction]
     plugs_into: frozenset[str] = ANYWHERE
 
 
-def _root_port(name: str, p: dict[str, str]) -> PciFunction:
+def _root_port(name: str, p: dict[str, str], _bus: PciBus, _t: Topology) -> PciFunction:
     driver = "pcie-root-port"
     reserve = Reserve(
         bus=parse_int(driver, "bus-reserve", p.get("bus-reserve", "0"), 0, 254),
@@ -99,7 +100,7 @@ def _root_port(name: str, p: dict[str, str]) -> PciFunction:
     )
 
 
-def _downstream(name: str, p: dict[str, str]) -> PciFunction:
+def _downstream(name: str, p: dict[str, str], _bus: PciBus, _t: Topology) -> PciFunction:
     driver = "xio3130-downstream"
     return Xio3130Downstream(
         name,
@@ -109,13 +110,13 @@ def _downstream(name: str, p: dict[str, str]) -> PciFunction:
     )
 
 
-def _pci_bridge(name: str, p: dict[str, str]) -> PciFunction:
+def _pci_bridge(name: str, p: dict[str, str], _bus: PciBus, _t: Topology) -> PciFunction:
     if "chassis_nr" not in p:
         raise PropertyError("pci-bridge: property 'chassis_nr' is required (1 to 255)")
     return PciPciBridge(name, parse_int("pci-bridge", "chassis_nr", p["chassis_nr"], 1, 255))
 
 
-def _testdev(name: str, p: dict[str, str]) -> PciFunction:
+def _testdev(name: str, p: dict[str, str], _bus: PciBus, _t: Topology) -> PciFunction:
     bars = {0: "mem32:4K", 1: "io:256"}
     for key, value in p.items():
         bars[int(key[3:])] = value
@@ -137,7 +138,10 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
             frozenset({EXPRESS_ROOT}),
         ),
         DeviceModel(
-            "x3130-upstream", frozenset(), lambda n, p: X3130Upstream(n), frozenset({EXPRESS_PORT})
+            "x3130-upstream",
+            frozenset(),
+            lambda n, p, b, t: X3130Upstream(n),
+            frozenset({EXPRESS_PORT}),
         ),  # fmt: skip
         DeviceModel(
             "xio3130-downstream",
@@ -149,7 +153,7 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
         DeviceModel(
             "pcie-pci-bridge",
             frozenset(),
-            lambda n, p: PciePciBridge(n),
+            lambda n, p, b, t: PciePciBridge(n),
             frozenset({EXPRESS_ROOT, EXPRESS_PORT}),
         ),  # fmt: skip
         DeviceModel("pci-testdev", frozenset(f"bar{i}" for i in range(6)), _testdev),
@@ -191,6 +195,8 @@ class Topology:
     by_id: dict[str, PciFunction] = field(default_factory=dict)
     buses: dict[str, PciBus] = field(default_factory=dict)
     built_in: list[PciFunction] = field(default_factory=list)
+    drives: dict[str, DriveSpec] = field(default_factory=dict)
+    used_drives: set[str] = field(default_factory=set)
 
     def plug(self, spec: DeviceSpec) -> PciFunction:
         model = DEVICE_MODELS.get(spec.driver)
@@ -252,7 +258,9 @@ class Topology:
                 f"{slot:x}.x is already populated"
             )
         name = dev_id or f"{spec.driver}.{len(self.by_id) + len(self.built_in)}"
-        function = model.create(name, {k: v for k, v in props.items() if k not in COMMON_PROPS})
+        function = model.create(
+            name, {k: v for k, v in props.items() if k not in COMMON_PROPS}, bus, self
+        )
         function.driver = spec.driver
         if multifunction:
             function.set_multifunction(True)
@@ -266,15 +274,22 @@ class Topology:
         return list(self.root.walk())
 
 
-def build_topology(machine: str, devices: tuple[DeviceSpec, ...] | list[DeviceSpec]) -> Topology:
-    """The hierarchy of `machine` ("pc" or "q35") with its built-in functions and `devices`."""
+def build_topology(
+    machine: str,
+    devices: tuple[DeviceSpec, ...] | list[DeviceSpec],
+    drives: tuple[DriveSpec, ...] | list[DriveSpec] = (),
+) -> Topology:
+    """The hierarchy of `machine` ("pc" or "q35") with its built-in functions and `devices`;
+    `drives` are the -drive options devices may name with drive=."""
+    import pcivm.virtio.pci_models  # noqa: F401  (registers the virtio-*-pci models)
+
     if machine == "q35":
         root = PciBus("pcie.0", express=True)
         built_in = [(Q35Host(), 0, 0), (Ich9Lpc(), 0x1F, 0)]
     else:
         root = PciBus("pci.0", express=False)
         built_in = [(I440fxHost(), 0, 0), (Piix3Isa(), 1, 0)]
-    topology = Topology(machine, root, buses={root.name: root})
+    topology = Topology(machine, root, buses={root.name: root}, drives={d.id: d for d in drives})
     for function, slot, fn in built_in:
         root.attach(function, slot, fn)
         topology.built_in.append(function)
