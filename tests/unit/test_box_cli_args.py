@@ -26,6 +26,13 @@ def test_options_with_inline_values_and_modes():
     assert parse_args(["--direct", "true"]).mode == DIRECT
 
 
+def test_the_virtiofs_cache_mode_can_be_chosen():
+    assert parse_args(["--cache", "auto", "true"]).machine_config().cache == "auto"
+    assert parse_args(["true"]).machine_config().cache == "none"
+    with pytest.raises(UsageProblem):
+        parse_args(["--cache", "sometimes", "true"])
+
+
 def test_check_needs_no_command():
     args = parse_args(["--check"])
     assert args.check and args.command == []

@@ -23,12 +23,12 @@ from pcivm.box.errors import (
     BoxStartError,
     BoxTimeoutError,
 )
-from pcivm.box.qemu import MachineConfig, find_qemu, find_virtiofsd
+from pcivm.box.qemu import CACHE_MODES, MachineConfig, find_qemu, find_virtiofsd
 from pcivm.box.runners import TcgRunner
 
 USAGE = """\
 usage: pcivm box [--check] [--tcg | --direct] [--timeout SECONDS]
-                 [--memory MIB] [--cpus N] [--debug] [--] COMMAND [ARG...]
+                 [--memory MIB] [--cpus N] [--cache MODE] [--debug] [--] COMMAND [ARG...]
 
 Run COMMAND where a hardware-assisted KVM exists: on this host when its /dev/kvm is
 hardware-assisted, otherwise in a QEMU TCG machine with emulated AMD SVM that sees this
@@ -39,6 +39,7 @@ host's files at the same paths. The exit status, stdout and stderr are the comma
   --timeout SECONDS  kill COMMAND after this long (exit status 124)
   --memory MIB       the machine's memory (default 4096)
   --cpus N           the machine's vCPUs (default 2)
+  --cache MODE       virtiofs cache mode: none (default) or auto (see docs/box.md)
   --debug            log what the box does on stderr
 """
 
@@ -83,9 +84,10 @@ class BoxArgs:
     timeout: float | None = None
     memory_mib: int = MachineConfig.memory_mib
     cpus: int = MachineConfig.cpus
+    cache: str = MachineConfig.cache
 
     def machine_config(self) -> MachineConfig:
-        return MachineConfig(memory_mib=self.memory_mib, cpus=self.cpus)
+        return MachineConfig(memory_mib=self.memory_mib, cpus=self.cpus, cache=self.cache)
 
 
 def parse_args(argv: list[str]) -> BoxArgs:
@@ -97,6 +99,7 @@ def parse_args(argv: list[str]) -> BoxArgs:
         "--timeout": ("timeout", float),
         "--memory": ("memory_mib", int),
         "--cpus": ("cpus", int),
+        "--cache": ("cache", _cache_mode),
     }
     i = 0
     while i < len(argv):
@@ -121,8 +124,8 @@ def parse_args(argv: list[str]) -> BoxArgs:
             try:
                 value = convert(inline)
             except ValueError:
-                raise UsageProblem(f"{name}: not a number: {inline!r}") from None
-            if value <= 0:
+                raise UsageProblem(f"{name}: bad value {inline!r}") from None
+            if isinstance(value, int | float) and value <= 0:
                 raise UsageProblem(f"{name} must be positive")
             setattr(args, attr, value)
         else:
@@ -132,6 +135,12 @@ def parse_args(argv: list[str]) -> BoxArgs:
     if not args.command and not (args.check or args.help):
         raise UsageProblem("no command given")
     return args
+
+
+def _cache_mode(word: str) -> str:
+    if word not in CACHE_MODES:
+        raise ValueError(word)
+    return word
 
 
 def main(argv: list[str], kernel_provider: KernelProvider) -> int:

@@ -19,13 +19,17 @@ QEMU_BINARY = "qemu-system-x86_64"
 VIRTIOFSD_CANDIDATES = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 FS_TAG = "host"
 CONTROL_PORT_NAME = "pcivm.box"
+CACHE_MODES = ("none", "auto")
 
 
 @dataclass(frozen=True)
 class MachineConfig:
     memory_mib: int = 4096
     cpus: int = 2
-    cache: str = "none"  # virtiofsd's cache mode: none | auto | always
+    cache: str = "none"  # virtiofsd's cache mode, one of CACHE_MODES
+    # How long the box may trust a file's attributes and a name lookup. 0: every stat and
+    # open asks the host, so a file the host just created, grew or removed is seen as such.
+    metadata_timeout: float = 0.0
     sandbox: str = "chroot"  # virtiofsd's sandbox: chroot | namespace
     shared_dir: str = "/"
     qemu: str | None = None  # None: QEMU_BINARY on PATH
@@ -54,6 +58,8 @@ def virtiofsd_argv(virtiofsd: str, socket_path: Path, config: MachineConfig) -> 
         f"source={config.shared_dir}",
         "-o",
         f"cache={config.cache}",
+        "-o",
+        f"timeout={config.metadata_timeout:g}",
         "-o",
         f"sandbox={config.sandbox}",
         # Host mounts below / (/dev, /proc, /tmp...) get their own device numbers in the
