@@ -28,7 +28,7 @@ class BoxStartError(BoxError):
     def details(self) -> str:
         lines = [str(self)]
         if self.console_tail:
-            lines.append("last lines of the box's console:")
+            lines.append("last lines of its logs:")
             lines += [f"  {line}" for line in self.console_tail.splitlines()]
         if self.log_dir:
             lines.append(f"logs kept in {self.log_dir}")

@@ -6,6 +6,7 @@ removed when the machine is closed unless something went wrong or PCIVM_BOX_KEEP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -126,12 +127,21 @@ class TcgMachine:
         return self.qemu is not None and self.qemu.poll() is None
 
     def _start_error(self, message: str) -> BoxStartError:
-        if self.qemu is not None and self.qemu.poll() is not None:
+        if self.qemu is not None:
+            # The control socket closes a moment before QEMU's exit can be collected.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.qemu.wait(timeout=2)
+        details = tail(self.console_log)
+        if self.qemu is not None and self.qemu.returncode is not None:
             message += f" (QEMU exited with status {self.qemu.returncode})"
             qemu_tail = tail(self.workdir / "qemu.log", 5)
             if qemu_tail:
                 message += f": {qemu_tail.splitlines()[-1]}"
-        return BoxStartError(message, tail(self.console_log), str(self.workdir))
+            if not details:  # QEMU failed before the guest printed anything
+                details = "\n".join(
+                    part for part in (tail(self.workdir / "virtiofsd.log", 5), qemu_tail) if part
+                )
+        return BoxStartError(message, details, str(self.workdir))
 
     def died_error(self, reason: str) -> BoxDiedError:
         self.failed = True
