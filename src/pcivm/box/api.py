@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pcivm.box.detect import KvmKind, host_kvm_kind
 from pcivm.box.kernel import BoxKernel
-from pcivm.box.machine import START_TIMEOUT_S, TcgMachine
+from pcivm.box.machine import START_TIMEOUT_S, TcgMachine, require_tools
 from pcivm.box.qemu import MachineConfig
 from pcivm.box.runners import DirectRunner, Runner, TcgRunner
 
@@ -42,6 +42,7 @@ def start_runner(
     """A started runner; the caller closes it (`open_box` does that for you)."""
     if choose_runner_kind(host_kvm_kind(), mode) == DIRECT:
         return DirectRunner()
+    require_tools(config or MachineConfig())  # before the kernel, which may be a download
     machine = TcgMachine(kernel_provider(), config, busybox)
     # Belt and braces: even when the caller never closes it, the machine goes at exit
     # (and, killed outright, QEMU and virtiofsd die with us through PDEATHSIG).

@@ -32,6 +32,17 @@ SOCKET_WAIT_S = 10.0
 KEEP_ENV = "PCIVM_BOX_KEEP"
 
 
+def require_tools(config: MachineConfig) -> tuple[str, str]:
+    """QEMU's and virtiofsd's paths, or a BoxSetupError naming what to install."""
+    qemu = find_qemu(config)
+    if qemu is None:
+        raise BoxSetupError("qemu-system-x86_64 not found (install qemu-system-x86)")
+    virtiofsd = find_virtiofsd(config)
+    if virtiofsd is None:
+        raise BoxSetupError("virtiofsd not found (install qemu-system-x86 or virtiofsd)")
+    return qemu, virtiofsd
+
+
 class TcgMachine:
     def __init__(
         self,
@@ -57,12 +68,7 @@ class TcgMachine:
         return self.workdir / "console.log" if self.workdir else None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        qemu = find_qemu(self.config)
-        if qemu is None:
-            raise BoxSetupError("qemu-system-x86_64 not found (install qemu-system-x86)")
-        virtiofsd = find_virtiofsd(self.config)
-        if virtiofsd is None:
-            raise BoxSetupError("virtiofsd not found (install qemu-system-x86 or virtiofsd)")
+        qemu, virtiofsd = require_tools(self.config)
         self.kernel.check()
         busybox = find_busybox(self.busybox)
         started = time.monotonic()
