@@ -103,14 +103,14 @@ def outcome(result, machine: str, images: dict[str, str]) -> dict[str, tuple]:
         driver = bound[0]["driver"] if bound else None
         if name.startswith("blk"):
             kind = name[3:]
-            read_back = [ln for ln in lines if ln.startswith(f"blk {bdf[5:]} ")]
+            read_back = [ln for ln in lines if ln.startswith(f"blk {bdf} ")]
             with open(images[kind], "rb") as f:
                 f.seek(GUEST_PATTERN_SECTOR * 512)
                 written = f.read(32).split(b"\n")[0].decode(errors="replace")
             works = (
                 bool(read_back)
                 and read_back[0].endswith(f"HOST-{kind}-PATTERN")
-                and (written == f"GUEST-{bdf[5:]}")
+                and (written == f"GUEST-{bdf}")
             )
         else:
             works = driver == "virtio_rng" and rngs_work
