@@ -11,8 +11,9 @@ import time
 
 from pcivm.reference import GuestBoot, ReferenceResult, RunnerTimeout, run_reference
 
-# The same -device list for both VMMs: pcivm takes QEMU's options.
-DEVICES = ("pci-testdev",)
+# The same -device list for both VMMs: pcivm takes QEMU's options. A transitional and a
+# modern-only virtio-rng-pci: the old guest can drive only the first.
+DEVICES = ("virtio-rng-pci,addr=4", "virtio-rng-pci,addr=5,disable-legacy=on", "pci-testdev")
 MACHINE = "pc"
 TIMEOUT_S = 240
 

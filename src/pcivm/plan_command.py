@@ -73,6 +73,10 @@ def main(argv: list[str]) -> int:
     if as_json:
         document = plan.to_json()
         document["memory"] = spec.memory
+        document["virtio_drivers"] = {
+            f.bdf: {"old_guest": old, "modern_guest": modern}
+            for f, old, modern in virtio_drivers(plan)
+        }
         print(json.dumps(document, indent=1))
     else:
         sys.stdout.write(render(plan, spec))
@@ -121,6 +125,16 @@ def render(plan: Plan, spec: VmSpec | None = None) -> str:
         if lay.space(space) is not None:
             lines.append("")
             lines += _space_map(plan, space)
+    drivers = virtio_drivers(plan)
+    if drivers:
+        lines.append("")
+        lines.append("virtio devices and the guests that can drive them")
+        lines.append("  (old guest: a pre-1.0 driver, IO BAR only; modern guest: virtio 1.x)")
+        for f, old, modern in drivers:
+            lines.append(
+                f"  {f.short_bdf:<8} {_label(f):<36} old guest: {'yes' if old else 'NO':<4} "
+                f"modern guest: {modern or 'NO'}"
+            )
     lines.append("")
     if plan.warnings:
         lines.append("Warnings")
@@ -128,6 +142,31 @@ def render(plan: Plan, spec: VmSpec | None = None) -> str:
     else:
         lines.append("Everything has an address.")
     return "\n".join(lines) + "\n"
+
+
+VIRTIO_VENDOR = 0x1AF4
+TRANSITIONAL_IDS = range(0x1000, 0x1040)  # virtio 1.2, 4.1.2.1
+LEGACY_BAR, MODERN_BAR = 0, 4
+
+
+def virtio_drivers(plan: Plan) -> list[tuple[FunctionPlan, bool, str | None]]:
+    """For each virtio function: can an old guest drive it, and through which interface a
+    modern guest does. An old driver binds only ids 0x1000-0x103f at revision 0 and needs
+    IO BAR0; a modern one uses BAR4's structures, else falls back to BAR0."""
+    out = []
+    for f in plan.functions:
+        if f.vendor != VIRTIO_VENDOR:
+            continue
+        assigned = {bar.index for bar in f.bars if bar.assigned}
+        legacy_ok = LEGACY_BAR in assigned
+        old = f.device in TRANSITIONAL_IDS and f.revision == 0 and legacy_ok
+        modern = "modern" if MODERN_BAR in assigned else ("legacy" if legacy_ok else None)
+        out.append((f, old, modern))
+    return out
+
+
+def _label(f: FunctionPlan) -> str:
+    return f"{f.model} {f.name}" if f.model != f.name else f.name
 
 
 def _tree(plan: Plan) -> list[str]:

@@ -121,3 +121,20 @@ def test_build_plan_uses_the_machines_memory_split():
 )
 def test_human_sizes(size, text):
     assert human_size(size) == text
+
+
+def test_plan_says_which_guest_can_drive_each_virtio_device(capsys):
+    from pcivm import plan_command
+
+    argv = ["-M", "q35", "--json"]
+    for i in range(1, 17):
+        argv += ["-device", f"pcie-root-port,id=rp{i},chassis={i}"]
+        argv += ["-device", f"virtio-rng-pci,bus=rp{i},disable-legacy=off"]
+    argv += ["-device", "pcie-root-port,id=rpm,chassis=40"]
+    argv += ["-device", "virtio-rng-pci,bus=rpm"]  # modern only behind a port
+    assert plan_command.main(argv) == 0
+    drivers = json.loads(capsys.readouterr().out)["virtio_drivers"]
+    old = [bdf for bdf, d in drivers.items() if d["old_guest"]]
+    assert len(old) == 15  # fifteen IO windows: the sixteenth transitional device is lost
+    assert all(d["modern_guest"] == "modern" for d in drivers.values())
+    assert drivers["0000:11:00.0"] == {"old_guest": False, "modern_guest": "modern"}
