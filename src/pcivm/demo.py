@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from pcivm.reference import GuestBoot, ReferenceResult, RunnerTimeout, run_reference
+from pcivm.reference import GuestBoot, ReferenceResult, box_runner, run_reference
 
 # The same -device list for both VMMs: pcivm takes QEMU's options. A transitional and a
 # modern-only virtio-rng-pci: the old guest can drive only the first.
@@ -59,14 +59,7 @@ def main() -> int:
     with open_box(kernel_provider) as box:
         print(f"  ready in {time.monotonic() - started:.1f} s\n")
 
-        def runner(argv: list[str], timeout: float) -> tuple[int, bytes]:
-            from pcivm.box.errors import BoxTimeoutError
-
-            try:
-                status, out, err = box.run_capture(argv, timeout=timeout)
-            except BoxTimeoutError as exc:
-                raise RunnerTimeout(exc.stdout + exc.stderr) from None
-            return status, out + err
+        runner = box_runner(box)
 
         for guest in ("modern", "legacy"):
             title = (

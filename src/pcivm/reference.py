@@ -168,6 +168,22 @@ def host_runner(argv: list[str], timeout: float) -> tuple[int, bytes]:
     return proc.returncode, output
 
 
+def box_runner(box) -> Runner:
+    """A runner that runs the VMM inside a box (pcivm.box's runner objects), where
+    `-enable-kvm` works on hosts whose own KVM cannot run the guest."""
+
+    def in_box(argv: list[str], timeout: float) -> tuple[int, bytes]:
+        from pcivm.box.errors import BoxTimeoutError
+
+        try:
+            status, out, err = box.run_capture(argv, timeout=timeout)
+        except BoxTimeoutError as exc:
+            raise RunnerTimeout(exc.stdout + exc.stderr) from None
+        return status, out + err
+
+    return in_box
+
+
 def run_reference(
     boot: GuestBoot,
     runner: Runner = host_runner,

@@ -51,6 +51,22 @@ def box():
         runner.close()
 
 
+@pytest.fixture(scope="session")
+def runner(box):
+    """Runs a VMM (QEMU or pcivm) in the box, for pcivm.reference.run_reference."""
+    from pcivm.reference import box_runner
+
+    return box_runner(box)
+
+
+@pytest.fixture(scope="session")
+def image():
+    """The guest image, built (or found current) once per session."""
+    from pcivm.guest.image import ensure_image
+
+    return ensure_image()
+
+
 def _console_log() -> Path | None:
     machine = getattr(_session_box, "machine", None)
     return machine.console_log if machine is not None else None

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from pcivm.guest.image import ensure_image
 from pcivm.options import parse_options
 from pcivm.pci.plan_compare import compare
 from pcivm.plan_command import build_plan
-from pcivm.reference import GuestBoot, RunnerTimeout, run_reference
+from pcivm.reference import GuestBoot, run_reference
 
 pytestmark = pytest.mark.e2e
 
@@ -61,25 +60,6 @@ def plan_json(machine: str, devices: list[str], memory: str = "1G") -> dict:
     for device in devices:
         argv += ["-device", device]
     return build_plan(parse_options(argv)).to_json()
-
-
-@pytest.fixture(scope="module")
-def image():
-    return ensure_image()
-
-
-@pytest.fixture(scope="module")
-def runner(box):
-    def in_box(argv: list[str], timeout: float) -> tuple[int, bytes]:
-        from pcivm.box.errors import BoxTimeoutError
-
-        try:
-            status, out, err = box.run_capture(argv, timeout=timeout)
-        except BoxTimeoutError as exc:
-            raise RunnerTimeout(exc.stdout + exc.stderr) from None
-        return status, out + err
-
-    return in_box
 
 
 def boot(image, runner, machine, devices, extra=(), run=None):

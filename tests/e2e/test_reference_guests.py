@@ -14,8 +14,7 @@ import os
 
 import pytest
 
-from pcivm.guest.image import ensure_image
-from pcivm.reference import GuestBoot, RunnerTimeout, host_runner, run_reference
+from pcivm.reference import GuestBoot, host_runner, run_reference
 
 pytestmark = pytest.mark.e2e
 
@@ -41,23 +40,7 @@ def qemu(request):
     """(runner, accel) for QEMU: inside the box under KVM, or TCG on the host."""
     if os.environ.get("PCIVM_REFERENCE_ACCEL") == "tcg":
         return host_runner, "tcg"
-    box = request.getfixturevalue("box")
-
-    def in_box(argv: list[str], timeout: float) -> tuple[int, bytes]:
-        from pcivm.box.errors import BoxTimeoutError
-
-        try:
-            status, out, err = box.run_capture(argv, timeout=timeout)
-        except BoxTimeoutError as exc:
-            raise RunnerTimeout(exc.stdout + exc.stderr) from None
-        return status, out + err
-
-    return in_box, "kvm"
-
-
-@pytest.fixture(scope="module")
-def image():
-    return ensure_image()
+    return request.getfixturevalue("runner"), "kvm"
 
 
 def boot_pc(image, qemu, guest):

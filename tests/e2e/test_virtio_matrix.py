@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from pcivm.guest.image import ensure_image
-from pcivm.reference import GuestBoot, RunnerTimeout, run_reference
+from pcivm.reference import GuestBoot, run_reference
 
 pytestmark = pytest.mark.e2e
 
@@ -117,25 +116,6 @@ def outcome(result, machine: str, images: dict[str, str]) -> dict[str, tuple]:
         cells[name] = (pci["driver"], driver, interface, works)
     assert set(by_bdf.values()) == set(cells)
     return cells
-
-
-@pytest.fixture(scope="module")
-def image():
-    return ensure_image()
-
-
-@pytest.fixture(scope="module")
-def runner(box):
-    def in_box(argv: list[str], timeout: float) -> tuple[int, bytes]:
-        from pcivm.box.errors import BoxTimeoutError
-
-        try:
-            status, out, err = box.run_capture(argv, timeout=timeout)
-        except BoxTimeoutError as exc:
-            raise RunnerTimeout(exc.stdout + exc.stderr) from None
-        return status, out + err
-
-    return in_box
 
 
 def run_cell(image, runner, directory, vmm, machine, guest_name):

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from pcivm.guest import probe
-from pcivm.guest.image import ensure_image
 
 pytestmark = pytest.mark.e2e
 
@@ -22,11 +21,6 @@ BOOT_TIMEOUT_S = 180
 # With `quiet`, a boot to the probe report took 1,823 exits (serial 1,541, CMOS 146): a
 # regression that makes the guest exit per character twice, or poll a device, shows here.
 MAX_EXITS_QUIET_PROBE_BOOT = 4000
-
-
-@pytest.fixture(scope="module")
-def image():
-    return ensure_image()
 
 
 def pcivm(*options: str) -> list[str]:
