@@ -109,10 +109,10 @@ def test_triple_fault_is_a_one_line_error(box, tmp_path):
 
 def test_thirty_boots_in_a_row_none_hangs(box, image, tmp_path):
     argv = [
-        sys.executable, str(SCRIPTS / "boot_loop.py"), "30", "60", str(tmp_path), "--",
+        sys.executable, str(SCRIPTS / "boot_loop.py"), "30", "150", str(tmp_path), "--",
         *guest_args(image, "pcivm.probe=1"),
     ]  # fmt: skip
-    status, out, err = box.run_capture(argv, timeout=30 * 70)
+    status, out, err = box.run_capture(argv, timeout=30 * 160)
     assert status == 0, err.decode(errors="replace")[-3000:]
     boots = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     assert len(boots) == 30
