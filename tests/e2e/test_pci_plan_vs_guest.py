@@ -126,3 +126,28 @@ def test_pc_run_checks_smp_multifunction_and_command_register(image, runner):
     assert int(bar2["start"], 16) >= 1 << 32 and bar2["mem64"] and bar2["prefetch"]
     functions = {d["bdf"] for d in result.report["pci"]}
     assert {"0000:00:1a.0", "0000:00:1a.1", "0000:00:1a.2"} <= functions
+
+
+def test_plan_predicts_what_the_old_guest_can_drive(image, runner):
+    """Sixteen root ports, each with a transitional virtio-rng-pci: fifteen IO windows fit.
+    The plan says which devices an old (legacy-only) guest can drive; the old guest binds
+    exactly those, leaves the one without an IO BAR alone, and boots. (QEMU + SeaBIOS
+    does not boot this machine: it panics when IO space runs out.)"""
+    from pcivm.plan_command import virtio_drivers
+
+    devices = root_ports(16, "virtio-rng-pci,disable-legacy=off")
+    argv = ["-M", "q35", "-m", "1G", "-kernel", "unused"]
+    for device in devices:
+        argv += ["-device", device]
+    plan = build_plan(parse_options(argv))
+    predicted = {f.bdf: old for f, old, _modern in virtio_drivers(plan)}
+    assert sorted(predicted.values()).count(False) == 1
+    guest = GuestBoot(
+        kernel=image.vmlinux, initrd=image.initrd, machine="q35", devices=devices, guest="legacy"
+    )
+    result = run_reference(guest, runner=runner, timeout=BOOT_TIMEOUT_S, vmm="pcivm")
+    assert result.returncode == 0, result.console[-3000:]
+    assert compare(plan.to_json(), result.report) == []
+    bound = {v["pci_bdf"]: v["interface"] for v in result.report["virtio"]}
+    for bdf, old_guest_can in predicted.items():
+        assert (bound.get(bdf) == "legacy") == old_guest_can, (bdf, bound.get(bdf))
