@@ -25,6 +25,7 @@ from pcivm.ioevents import IoEventWorker
 from pcivm.kvm import numbers as N
 from pcivm.kvm.api import Kvm, KvmUnavailable, Vcpu, VirtualMachine
 from pcivm.machine import POST_PORT, Platform, build_platform, e820_reserved
+from pcivm.msi_routes import MsiRouter
 from pcivm.spec import VmSpec
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,18 @@ class Outcome:
 
 
 class KvmIrqLines:
-    """Interrupt lines into the in-kernel IOAPIC/PIC, for the platform devices."""
+    """Interrupts into the in-kernel irqchip: lines of the IOAPIC/PIC, and MSI messages
+    (through the vector's irqfd when it has one)."""
 
-    def __init__(self, vm: VirtualMachine):
+    def __init__(self, vm: VirtualMachine, msi: MsiRouter):
         self._vm = vm
+        self._msi = msi
 
     def set_irq(self, irq: int, level: int) -> None:
         self._vm.set_irq_line(irq, level)
 
     def signal_msi(self, address: int, data: int) -> None:
-        self._vm.signal_msi(address, data)
+        self._msi.signal_msi(address, data)
 
 
 class Vmm:
@@ -77,6 +80,7 @@ class Vmm:
         self._report_wanted = threading.Event()
         self._vm: VirtualMachine | None = None
         self._io_workers: list[IoEventWorker] = []
+        self._msi: MsiRouter | None = None
         self.platform: Platform | None = None
 
     # -- PowerEvents ----------------------------------------------------------------------
@@ -131,8 +135,14 @@ class Vmm:
             vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2()
-        platform = build_platform(spec, KvmIrqLines(vm), self, serial.write)
+        self._msi = MsiRouter(vm)
+        platform = build_platform(spec, KvmIrqLines(vm, self._msi), self, serial.write)
         self.platform = platform
+        # Each MSI-X vector the guest unmasks gets a GSI route and an irqfd.
+        for function in platform.topology.functions():
+            msix = getattr(function, "msix", None)
+            if msix is not None:
+                msix.on_vector_change = self._msi.listener(function)
         # Queue kicks go to worker threads through ioeventfds, never the vCPU thread.
         for function in platform.topology.functions():
             if hasattr(function, "notify_addresses"):
@@ -217,6 +227,9 @@ class Vmm:
         for vcpu in self._vcpus:
             vcpu.close()
         self._vcpus.clear()
+        if self._msi is not None:
+            self._msi.close()
+            self._msi = None
         if self._vm is not None:
             self._vm.close()
             self._vm.kvm.close()
