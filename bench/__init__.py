@@ -1,0 +1,1 @@
+"""Benchmarks: pcivm against QEMU in the same box (see docs/performance.md)."""
