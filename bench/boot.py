@@ -529,7 +529,7 @@ def parse_args(argv: list[str]):
         prog="boot.py",
         description="Boot time from process start to the probe report: pcivm against QEMU "
         "(-M pc and -M microvm), all in one box, alternating, several rounds. "
-        "About 1 min a round, plus about 2 min for the extras.",
+        "1-3 min a round depending on the load, plus 1-3 min for the extras.",
     )
     parser.add_argument("--rounds", type=positive_int, default=5, help="rounds (default 5)")
     parser.add_argument(
