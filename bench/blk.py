@@ -1,0 +1,624 @@
+"""Block I/O: virtio-blk reads of a raw image, pcivm against QEMU `-drive if=virtio`.
+
+Both VMMs boot the same guest (the image's kernel and initramfs, plus a small uncompressed
+initramfs in front that adds bench/guest_tools' `randread` and `blkbench`) with the same
+raw image (1 GiB, on the host, filled once) attached as
+
+    -drive file=IMAGE,if=virtio,format=raw,readonly=on
+
+and the guest command `blkbench`, which runs two tests back to back:
+
+  sequential  dd if=/dev/vda of=/dev/null bs=1M count=1024 iflag=direct
+  random      randread /dev/vda THREADS SECONDS: THREADS threads, each with one O_DIRECT
+              4 KiB read at a random aligned offset in flight (default 4 threads, 10 s)
+
+A small runner inside the box starts each VMM, watches its console for the short marker
+lines that bracket each test and, at each, samples KVM's debugfs counters of the VM and the
+VMM process's CPU time (user + system, less the time the vCPU spent in the guest). The
+guest prints its block layer's counters (/sys/block/vda/stat) before and after each test:
+requests are the reads the guest's block layer completed, after merging. pcivm and QEMU
+alternate within each round, several rounds; medians and ratios pcivm/QEMU are printed.
+The machines are shared and noisy: compare ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if not __package__:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    ArgumentParser,
+    format_ratio,
+    median,
+    open_bench_box,
+    parse_pcivm_exit_total,
+    positive_float,
+    positive_int,
+    progress,
+    ratio,
+    render_table,
+    rotate,
+    spread,
+)
+
+TOOLS = Path(__file__).resolve().parent / "guest_tools"
+MARKERS = ("=S0=", "=S1=", "=R0=", "=R1=")
+# KVM's counters sampled at each marker (sums over the VM's vCPUs)
+STATS = ("exits", "io_exits", "mmio_exits", "halt_exits", "irq_injections", "signal_exits")
+CONSOLE_BYTES = 64 << 10
+BLOCK = 4096
+MB = 1_000_000
+IMAGE_SEED = b"pcivm bench/blk.py image"
+
+
+# -- the guest side (pure helpers) -------------------------------------------------------
+
+
+def guest_command(seq_mib: int, threads: int, seconds: float) -> str:
+    return f"blkbench /dev/vda {seq_mib} {threads} {seconds:g}"
+
+
+def drive_arg(image: Path) -> str:
+    return f"file={image},if=virtio,format=raw,readonly=on"
+
+
+def parse_guest(console: str) -> dict:
+    """The guest's lines: {"stat": {label: [fields]}, "dd": (status, text), "rr": {...}}."""
+    out: dict = {"stat": {}, "dd": None, "rr": None}
+    for raw in console.splitlines():
+        line = raw.strip()
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "BLK-STAT" and len(words) >= 3:
+            out["stat"][words[1]] = [int(w) for w in words[2:] if w.isdigit()]
+        elif words[0] == "BLK-DD" and len(words) >= 2:
+            out["dd"] = (_int(words[1]), " ".join(words[2:]))
+        elif words[0] == "BLK-RR" and len(words) >= 2:
+            fields = dict(w.split("=", 1) for w in words[2:] if "=" in w)
+            out["rr"] = {"status": _int(words[1]), **fields}
+    return out
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def reads_completed(stat: dict, before: str, after: str) -> int | None:
+    """Reads the guest's block layer completed between two BLK-STAT lines (field 1)."""
+    a, b = stat.get(before), stat.get(after)
+    if not a or not b:
+        return None
+    return b[0] - a[0]
+
+
+def dd_bytes(text: str) -> int | None:
+    """The byte count of busybox dd's summary ("1073741824 bytes (1.0GB) copied, ...")."""
+    words = text.split()
+    if len(words) >= 2 and words[1] == "bytes" and words[0].isdigit():
+        return int(words[0])
+    return None
+
+
+# -- the image and the initramfs ----------------------------------------------------------
+
+
+def bench_dir() -> Path:
+    from pcivm.guest.cache import cache_dir
+
+    path = cache_dir() / "bench"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ensure_disk_image(size_mib: int) -> Path:
+    """A raw image of `size_mib` MiB with no holes, each 4 KiB block stamped with its number
+    (so no two blocks are alike); made once, on the host (filling it in the box is slow)."""
+    path = bench_dir() / f"blk-{size_mib}m.img"
+    if path.exists() and path.stat().st_size == size_mib << 20:
+        return path
+    progress(f"creating {path} ({size_mib} MiB)")
+    import hashlib
+
+    filler = bytearray()
+    while len(filler) < 1 << 20:
+        filler += hashlib.sha256(IMAGE_SEED + len(filler).to_bytes(8, "little")).digest()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.truncate(size_mib << 20)  # sparse first, then every block written
+        for mib in range(size_mib):
+            chunk = bytearray(filler)
+            for block in range((1 << 20) // BLOCK):
+                number = mib * ((1 << 20) // BLOCK) + block
+                chunk[block * BLOCK : block * BLOCK + 8] = number.to_bytes(8, "little")
+            f.write(chunk)
+    os.replace(tmp, path)
+    return path
+
+
+def build_randread(out: Path) -> None:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise SystemExit("blk.py: no C compiler (apt-get install gcc libc6-dev)")
+    source = TOOLS / "randread.c"
+    done = subprocess.run(
+        [cc, "-O2", "-static", "-pthread", "-o", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"blk.py: building randread failed:\n{done.stderr.strip()}")
+
+
+def tools_archive(randread: bytes, blkbench: bytes) -> bytes:
+    """An uncompressed newc archive adding /bin/randread and /bin/blkbench."""
+    from pcivm.guest import cpio
+
+    return cpio.pack(
+        [
+            cpio.directory("bin"),
+            cpio.regular("bin/randread", randread, 0o755),
+            cpio.regular("bin/blkbench", blkbench, 0o755),
+        ]
+    )
+
+
+def build_initrd(image) -> Path:
+    """The tools' archive followed by the image's gzip initramfs (an uncompressed archive
+    must come first: the kernel finds no magic after a compressed one)."""
+    work = bench_dir()
+    binary = work / "randread"
+    build_randread(binary)
+    archive = tools_archive(binary.read_bytes(), (TOOLS / "blkbench.sh").read_bytes())
+    path = work / "blk-initrd"
+    path.write_bytes(archive + Path(image.initrd).read_bytes())
+    return path
+
+
+# -- the in-box runner --------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """The process's user + system time less its guest time (all its threads), seconds."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    # fields[0] is the state (stat field 3): utime is field 14, stime 15, guest_time 43
+    utime, stime, guest = int(fields[11]), int(fields[12]), int(fields[40])
+    return (utime + stime - guest) / os.sysconf("SC_CLK_TCK")
+
+
+def run_job(job: dict) -> dict:
+    """Start the VMM, sample at each marker line, keep the console's tail."""
+    import signal
+    import threading
+    import time
+
+    from bench.common import ensure_debugfs, find_vm_dir, read_kvm_stats
+
+    ensure_debugfs()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        job["argv"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(job["timeout"], kill)
+    timer.start()
+    err = bytearray()
+
+    def drain() -> None:
+        for chunk in iter(lambda: proc.stderr.read(4096), b""):
+            err.extend(chunk[: max(0, CONSOLE_BYTES - len(err))])
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    console = bytearray()
+    samples: dict[str, dict] = {}
+    vm_dir = None
+    for line in iter(proc.stdout.readline, b""):
+        text = line.decode(errors="replace").strip()
+        if text in MARKERS:
+            now = time.monotonic() - started
+            vm_dir = vm_dir or find_vm_dir(proc.pid)
+            samples[text] = {
+                "t": now,
+                "kvm": read_kvm_stats(vm_dir, STATS) if vm_dir else {},
+                "cpu": _cpu_seconds(proc.pid),
+            }
+        console += line
+        del console[:-CONSOLE_BYTES]
+    proc.wait()
+    timer.cancel()
+    reader.join(5)
+    return {
+        "name": job["name"],
+        "status": proc.returncode,
+        "timed_out": timed_out.is_set(),
+        "end_s": time.monotonic() - started,
+        "samples": samples,
+        "console": console.decode(errors="replace"),
+        "stderr": err.decode(errors="replace"),
+    }
+
+
+def run_jobs_in_box(jobs_json: str) -> int:
+    for job in json.loads(jobs_json):
+        result = run_job(job)
+        print(json.dumps(result), flush=True)
+        what = "timed out" if result["timed_out"] else f"status {result['status']}"
+        print(f"  {job['name']:<8} {what}, {result['end_s']:.1f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+@dataclass
+class Test:
+    """One test of one boot: its window (box clock), requests and counters."""
+
+    seconds: float | None = None
+    requests: int | None = None
+    work: float | None = None  # bytes (sequential) or reads done (random)
+    kvm: dict = field(default_factory=dict)  # counter -> delta
+    cpu: float | None = None  # VMM CPU seconds outside the guest
+
+    def per_request(self, value: float | None) -> float | None:
+        return ratio(value, self.requests)
+
+    @property
+    def rate(self) -> float | None:
+        return ratio(self.work, self.seconds)
+
+    @property
+    def exits(self) -> int | None:
+        return self.kvm.get("exits")
+
+    @property
+    def to_vmm(self) -> int | None:
+        if "io_exits" not in self.kvm:
+            return None
+        return self.kvm["io_exits"] + self.kvm.get("mmio_exits", 0)
+
+
+@dataclass
+class Boot:
+    name: str
+    vmm: str
+    round: int
+    seq: Test
+    rand: Test
+    why: str = ""  # empty when both tests ran
+    exits_d: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.why
+
+
+def window(samples: dict, begin: str, end: str) -> Test:
+    a, b = samples.get(begin), samples.get(end)
+    if a is None or b is None:
+        return Test()
+    kvm = {k: b["kvm"][k] - a["kvm"][k] for k in b["kvm"] if k in a["kvm"]}
+    cpu = None if a["cpu"] is None or b["cpu"] is None else b["cpu"] - a["cpu"]
+    return Test(seconds=b["t"] - a["t"], kvm=kvm, cpu=cpu)
+
+
+def digest(result: dict, vmm: str, round_index: int, seq_mib: int) -> Boot:
+    guest = parse_guest(result["console"])
+    seq = window(result["samples"], "=S0=", "=S1=")
+    rand = window(result["samples"], "=R0=", "=R1=")
+    seq.requests = reads_completed(guest["stat"], "seq0", "seq1")
+    rand.requests = reads_completed(guest["stat"], "rand0", "rand1")
+    why = []
+    if result["timed_out"]:
+        why.append("timed out")
+    dd = guest["dd"]
+    if dd is None or dd[0] != 0:
+        why.append(f"dd failed: {dd[1] if dd else 'no result'}")
+    else:
+        seq.work = dd_bytes(dd[1])
+        if seq.work != seq_mib << 20:
+            why.append(f"dd read {seq.work} bytes: {dd[1]}")
+    rr = guest["rr"]
+    if rr is None or rr.get("status") != 0 or "ops" not in rr:
+        why.append(f"randread failed: {rr}")
+    else:
+        rand.work = float(rr["ops"])
+    if why and not result["console"].strip():
+        why.append(f"stderr: {result['stderr'].strip()[-200:]}")
+    elif why:
+        why.append(f"console ends: {' | '.join(result['console'].strip().splitlines()[-3:])}")
+    return Boot(
+        name=result["name"],
+        vmm=vmm,
+        round=round_index,
+        seq=seq,
+        rand=rand,
+        why="; ".join(why)[:400],
+        exits_d=parse_pcivm_exit_total(result["stderr"]),
+    )
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def per_round_ratios(boots: list[Boot], metric) -> list[float]:
+    values = []
+    for r in sorted({b.round for b in boots}):
+        mine = {b.vmm: metric(b) for b in boots if b.round == r and b.ok}
+        value = ratio(mine.get("pcivm"), mine.get("qemu"))
+        if value is not None:
+            values.append(value)
+    return values
+
+
+METRICS = [
+    # (key, label, metric of a boot, digits)
+    ("seq_mbs", "sequential 1 MiB: MB/s", lambda b: ratio(b.seq.rate, MB), 1),
+    ("seq_req", "  requests (guest block layer)", lambda b: b.seq.requests, 0),
+    ("seq_kib", "  KiB per request", lambda b: ratio(ratio(b.seq.work, b.seq.requests), 1024), 0),
+    ("seq_exits", "  KVM exits / request", lambda b: b.seq.per_request(b.seq.exits), 2),
+    ("seq_vmm", "  io+mmio exits / request", lambda b: b.seq.per_request(b.seq.to_vmm), 2),
+    ("seq_cpu", "  VMM CPU us / request", lambda b: _micros(b.seq.per_request(b.seq.cpu)), 0),
+    ("rand_iops", "random 4 KiB: IOPS", lambda b: b.rand.rate, 0),
+    ("rand_req", "  requests (guest block layer)", lambda b: b.rand.requests, 0),
+    ("rand_exits", "  KVM exits / request", lambda b: b.rand.per_request(b.rand.exits), 2),
+    ("rand_vmm", "  io+mmio exits / request", lambda b: b.rand.per_request(b.rand.to_vmm), 2),
+    (
+        "rand_irq",
+        "  interrupts injected / request",
+        lambda b: b.rand.per_request(b.rand.kvm.get("irq_injections")),
+        2,
+    ),
+    ("rand_cpu", "  VMM CPU us / request", lambda b: _micros(b.rand.per_request(b.rand.cpu)), 0),
+]
+
+
+def _micros(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e6
+
+
+def report(boots: list[Boot], command: str, threads: int, seconds: float) -> str:
+    ok = {vmm: [b for b in boots if b.vmm == vmm and b.ok] for vmm in ("pcivm", "qemu")}
+    rows = []
+    meds: dict[str, tuple[float | None, float | None]] = {}
+    for key, label, metric, digits in METRICS:
+        p = median(metric(b) for b in ok["pcivm"])
+        q = median(metric(b) for b in ok["qemu"])
+        meds[key] = (p, q)
+        rows.append(
+            [
+                label,
+                _fmt(p, "", digits),
+                _fmt(q, "", digits),
+                format_ratio(ratio(p, q)),
+                spread(per_round_ratios(boots, metric)),
+            ]
+        )
+    table = render_table(["", "pcivm", "QEMU", "pcivm/QEMU", "per round"], rows)
+    counts = {vmm: f"{len(ok[vmm])}/{len([b for b in boots if b.vmm == vmm])}" for vmm in ok}
+    lines = [
+        f"Block I/O: {command}",
+        f"Boots that ran both tests: pcivm {counts['pcivm']}, QEMU {counts['qemu']}. Medians;",
+        "'per round' is the range of the pcivm/QEMU ratio within each round. Rates over the",
+        "box's clock between the marker lines; requests: reads the guest's block layer",
+        "completed; exits: KVM's debugfs counters of the VM over the test; VMM CPU: the VMM",
+        "process's user + system time less its vCPU's guest time over the test.",
+        f"Random: {threads} threads x 1 O_DIRECT 4 KiB read in flight each, {seconds:g} s.",
+        "",
+        table,
+        "",
+        *bounds(meds, threads),
+    ]
+    for b in boots:
+        if not b.ok:
+            lines.append(f"{b.name} (round {b.round + 1}) failed: {b.why}")
+    return "\n".join(lines)
+
+
+def bounds(meds: dict, threads: int) -> list[str]:
+    """What the medians say bounds pcivm: its CPU per request against the time per request."""
+    out = ["What bounds pcivm:"]
+    for test, rate_key, per_second in (
+        ("sequential", "seq_mbs", lambda mbs, kib: mbs * MB / (kib * 1024)),
+        ("random", "rand_iops", lambda iops, _kib: iops),
+    ):
+        prefix = test[:4] if test == "random" else "seq"
+        p_rate, q_rate = meds[rate_key]
+        p_cpu, q_cpu = meds[f"{prefix}_cpu"]
+        p_exits, q_exits = meds[f"{prefix}_exits"]
+        kib = meds["seq_kib"][0] if test == "sequential" else 4
+        if p_rate is None or not kib:
+            out.append(f"  {test}: no figures")
+            continue
+        busy = 1e6 / per_second(p_rate, kib)  # us between request completions
+        share = ratio(p_cpu, busy)
+        out.append(
+            f"  {test}: a request completes every {busy:,.0f} us under pcivm "
+            f"(QEMU: {_fmt(_gap(q_rate, kib, per_second), ' us', 0)}); pcivm's process spends "
+            f"{_fmt(p_cpu, ' us', 0)} of CPU outside the guest per request "
+            f"({_fmt(_pct(share), '%', 0)} of that gap; QEMU {_fmt(q_cpu, ' us', 0)}); "
+            f"KVM exits per request {_fmt(p_exits, '', 2)} vs QEMU {_fmt(q_exits, '', 2)}."
+        )
+        if share is not None and share > 0.6:
+            verdict = "the VMM's own per-request work (Python: chain walk, checks, syscalls)"
+        elif p_exits is not None and q_exits and p_exits > 1.5 * q_exits:
+            verdict = "exits: pcivm takes more of them per request than QEMU"
+        else:
+            verdict = "not pcivm's CPU: the guest and the nested exits/interrupts per request" + (
+                ", and the copy of each 1 MiB from the page cache" if test == "sequential" else ""
+            )
+        out.append(f"    -> bound by {verdict}.")
+    return out
+
+
+def _gap(rate, kib, per_second):
+    return None if rate is None or not kib else 1e6 / per_second(rate, kib)
+
+
+def _pct(share):
+    return None if share is None else share * 100
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]):
+    parser = ArgumentParser(
+        prog="blk.py",
+        description="virtio-blk reads of a 1 GiB raw image: sequential 1 MiB (dd iflag=direct) "
+        "and random 4 KiB with several reads in flight, pcivm against QEMU -drive if=virtio, "
+        "in one box, alternating, several rounds. About 1.5 min a round.",
+    )
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=4, help="random reads in flight (default 4)"
+    )
+    parser.add_argument(
+        "--seconds", type=positive_float, default=10.0, help="random test length (default 10)"
+    )
+    parser.add_argument(
+        "--seq-mib", type=positive_int, default=1024, help="MiB read sequentially (default 1024)"
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, default=240.0, help="seconds per boot (default 240)"
+    )
+    parser.add_argument(
+        "--box", choices=("auto", "tcg", "direct"), default="auto", help="where to run"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every result here")
+    parser.add_argument("--run-jobs", help=argparse.SUPPRESS)  # the in-box side
+    return parser.parse_args(argv)
+
+
+def build_jobs(image, initrd: Path, disk: Path, args) -> list[dict]:
+    from pcivm.reference import GuestBoot, pcivm_argv, qemu_argv
+
+    boot = GuestBoot(
+        kernel=image.kernel.bzimage,
+        initrd=initrd,
+        probe=False,
+        run=guest_command(args.seq_mib, args.threads, args.seconds),
+        extra_args=["-drive", drive_arg(disk)],
+    )
+    return [
+        {"name": "pcivm", "argv": [*pcivm_argv(boot), "-d"], "timeout": args.timeout},
+        {"name": "qemu", "argv": qemu_argv(boot), "timeout": args.timeout},
+    ]
+
+
+def run_round(box, jobs: list[dict]) -> tuple[list[dict], str | None]:
+    import io
+
+    from pcivm.box.errors import BoxError
+
+    out = io.BytesIO()
+    argv = [sys.executable, str(Path(__file__).resolve()), "--run-jobs", json.dumps(jobs)]
+    problem = None
+    try:
+        status = box.run(
+            argv,
+            stdout=out,
+            stderr=_Progress(),
+            timeout=sum(j["timeout"] for j in jobs) + 120,
+        )
+        if status != 0:
+            problem = f"the in-box runner ended with status {status}"
+    except BoxError as exc:
+        problem = f"the box failed: {exc}"
+    results = []
+    for line in out.getvalue().decode(errors="replace").splitlines():
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            continue
+    return results, problem
+
+
+class _Progress:
+    """stderr for the box's output: the in-box runner's progress lines, shown at once."""
+
+    def write(self, data: bytes) -> int:
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        sys.stderr.buffer.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.run_jobs is not None:
+        return run_jobs_in_box(args.run_jobs)
+    from bench.boot import ensure_qemu, warm_bytecode_cache
+    from pcivm.errors import PcivmError
+    from pcivm.guest.image import ensure_image
+
+    command = " ".join(["python bench/blk.py", *argv])
+    size_mib = max(1024, args.seq_mib)
+    boots: list[Boot] = []
+    raw: list[dict] = []
+    try:
+        image = ensure_image()
+        ensure_qemu()
+        warm_bytecode_cache()
+        disk = ensure_disk_image(size_mib)
+        initrd = build_initrd(image)
+        jobs = build_jobs(image, initrd, disk, args)
+        progress("starting the box")
+        with open_bench_box(args.box) as box:
+            progress(f"box: {box.description}")
+            # the first reader would pay for bringing the image over virtiofs: read it once
+            progress("reading the image once into the box's page cache")
+            box.run_capture(["dd", f"if={disk}", "of=/dev/null", "bs=4M"], timeout=600)
+            for index in range(args.rounds):
+                progress(f"round {index + 1}/{args.rounds}")
+                results, problem = run_round(box, rotate(jobs, index))
+                raw += results
+                boots += [digest(r, r["name"], index, args.seq_mib) for r in results]
+                if args.json:
+                    args.json.write_text(json.dumps({"rounds": raw}, indent=1))
+                if problem:
+                    progress(f"blk.py: round {index + 1} stopped early ({problem})")
+                    break
+    except PcivmError as exc:
+        print(f"blk.py: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(report(boots, command, args.threads, args.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
