@@ -52,7 +52,7 @@ def test_eight_disks_intx_readonly_and_rebind(image, runner, tmp_path):
         probe=False,
         run=GUEST_COMMAND,
     )
-    result = run_reference(boot, runner=runner, timeout=300, vmm="pcivm")
+    result = run_reference(boot, runner=runner, timeout=600, vmm="pcivm")
     assert result.run_exit == 0, result.console[-3000:]
     lines = result.run_output.splitlines()
     for i, letter in enumerate("abcdefgh"):

@@ -19,7 +19,7 @@ from pcivm.reference import GuestBoot, run_reference
 
 pytestmark = pytest.mark.e2e
 
-BOOT_TIMEOUT_S = 300
+BOOT_TIMEOUT_S = 600  # generous: a loaded 2-core host is slow, not hung
 KINDS = {
     "L": "disable-legacy=off,disable-modern=on",
     "T": "disable-legacy=off,disable-modern=off",

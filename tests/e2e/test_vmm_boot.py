@@ -17,7 +17,7 @@ from pcivm.guest import probe
 pytestmark = pytest.mark.e2e
 
 SCRIPTS = Path(__file__).parent / "scripts"
-BOOT_TIMEOUT_S = 180
+BOOT_TIMEOUT_S = 600  # generous: a loaded 2-core host is slow, not hung
 # With `quiet`, a boot to the probe report took 1,823 exits (serial 1,541, CMOS 146): a
 # regression that makes the guest exit per character twice, or poll a device, shows here.
 MAX_EXITS_QUIET_PROBE_BOOT = 4000
