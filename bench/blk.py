@@ -73,7 +73,7 @@ def drive_arg(image: Path) -> str:
 
 def parse_guest(console: str) -> dict:
     """The guest's lines: {"stat": {label: [fields]}, "dd": (status, text), "rr": {...}}."""
-    out: dict = {"stat": {}, "dd": None, "rr": None}
+    out: dict = {"stat": {}, "dd": None, "rr": None, "queue": {}}
     for raw in console.splitlines():
         line = raw.strip()
         words = line.split()
@@ -81,6 +81,8 @@ def parse_guest(console: str) -> dict:
             continue
         if words[0] == "BLK-STAT" and len(words) >= 3:
             out["stat"][words[1]] = [int(w) for w in words[2:] if w.isdigit()]
+        elif words[0] == "BLK-QUEUE":
+            out["queue"] = dict(w.split("=", 1) for w in words[1:] if "=" in w)
         elif words[0] == "BLK-DD" and len(words) >= 2:
             out["dd"] = (_int(words[1]), " ".join(words[2:]))
         elif words[0] == "BLK-RR" and len(words) >= 2:
@@ -101,11 +103,14 @@ def reads_completed(stat: dict, before: str, after: str) -> int | None:
     return b[0] - a[0]
 
 
-def dd_bytes(text: str) -> int | None:
-    """The byte count of busybox dd's summary ("1073741824 bytes (1.0GB) copied, ...")."""
+def dd_bytes(text: str, block: int = 1 << 20) -> int | None:
+    """Bytes dd copied, from its "N+M records out" line (busybox prints no byte count):
+    N whole blocks of `block` bytes; a partial record means a short read (None)."""
     words = text.split()
-    if len(words) >= 2 and words[1] == "bytes" and words[0].isdigit():
-        return int(words[0])
+    if len(words) >= 3 and words[1:3] == ["records", "out"] and "+" in words[0]:
+        whole, partial = words[0].split("+", 1)
+        if whole.isdigit() and partial == "0":
+            return int(whole) * block
     return None
 
 
@@ -188,8 +193,10 @@ def build_initrd(image) -> Path:
 # -- the in-box runner --------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """The process's user + system time less its guest time (all its threads), seconds."""
+def _cpu_seconds(pid: int) -> list[float] | None:
+    """The process's [user time less guest time, system time] over all its threads, in
+    seconds: its own code (Python or QEMU) and the kernel's work for it (KVM's exit
+    handling, the copies of preadv, eventfds). The guest's run counts as guest time."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -197,7 +204,8 @@ def _cpu_seconds(pid: int) -> float | None:
     fields = text[text.rindex(")") + 2 :].split()
     # fields[0] is the state (stat field 3): utime is field 14, stime 15, guest_time 43
     utime, stime, guest = int(fields[11]), int(fields[12]), int(fields[40])
-    return (utime + stime - guest) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return [(utime - guest) / tick, stime / tick]
 
 
 def run_job(job: dict) -> dict:
@@ -282,7 +290,8 @@ class Test:
     requests: int | None = None
     work: float | None = None  # bytes (sequential) or reads done (random)
     kvm: dict = field(default_factory=dict)  # counter -> delta
-    cpu: float | None = None  # VMM CPU seconds outside the guest
+    user: float | None = None  # VMM user CPU seconds outside the guest
+    system: float | None = None  # kernel CPU seconds of the VMM process
 
     def per_request(self, value: float | None) -> float | None:
         return ratio(value, self.requests)
@@ -311,6 +320,7 @@ class Boot:
     rand: Test
     why: str = ""  # empty when both tests ran
     exits_d: int | None = None
+    queue: dict = field(default_factory=dict)  # the guest's block queue limits
 
     @property
     def ok(self) -> bool:
@@ -322,8 +332,10 @@ def window(samples: dict, begin: str, end: str) -> Test:
     if a is None or b is None:
         return Test()
     kvm = {k: b["kvm"][k] - a["kvm"][k] for k in b["kvm"] if k in a["kvm"]}
-    cpu = None if a["cpu"] is None or b["cpu"] is None else b["cpu"] - a["cpu"]
-    return Test(seconds=b["t"] - a["t"], kvm=kvm, cpu=cpu)
+    user = system = None
+    if a["cpu"] and b["cpu"]:
+        user, system = b["cpu"][0] - a["cpu"][0], b["cpu"][1] - a["cpu"][1]
+    return Test(seconds=b["t"] - a["t"], kvm=kvm, user=user, system=system)
 
 
 def digest(result: dict, vmm: str, round_index: int, seq_mib: int) -> Boot:
@@ -359,6 +371,7 @@ def digest(result: dict, vmm: str, round_index: int, seq_mib: int) -> Boot:
         rand=rand,
         why="; ".join(why)[:400],
         exits_d=parse_pcivm_exit_total(result["stderr"]),
+        queue=guest["queue"],
     )
 
 
@@ -388,7 +401,13 @@ METRICS = [
     ("seq_kib", "  KiB per request", lambda b: ratio(ratio(b.seq.work, b.seq.requests), 1024), 0),
     ("seq_exits", "  KVM exits / request", lambda b: b.seq.per_request(b.seq.exits), 2),
     ("seq_vmm", "  io+mmio exits / request", lambda b: b.seq.per_request(b.seq.to_vmm), 2),
-    ("seq_cpu", "  VMM CPU us / request", lambda b: _micros(b.seq.per_request(b.seq.cpu)), 0),
+    ("seq_cpu", "  VMM user CPU us / request", lambda b: _micros(b.seq.per_request(b.seq.user)), 0),
+    (
+        "seq_sys",
+        "  its kernel CPU us / request",
+        lambda b: _micros(b.seq.per_request(b.seq.system)),
+        0,
+    ),
     ("rand_iops", "random 4 KiB: IOPS", lambda b: b.rand.rate, 0),
     ("rand_req", "  requests (guest block layer)", lambda b: b.rand.requests, 0),
     ("rand_exits", "  KVM exits / request", lambda b: b.rand.per_request(b.rand.exits), 2),
@@ -399,8 +418,24 @@ METRICS = [
         lambda b: b.rand.per_request(b.rand.kvm.get("irq_injections")),
         2,
     ),
-    ("rand_cpu", "  VMM CPU us / request", lambda b: _micros(b.rand.per_request(b.rand.cpu)), 0),
+    (
+        "rand_cpu",
+        "  VMM user CPU us / request",
+        lambda b: _micros(b.rand.per_request(b.rand.user)),
+        0,
+    ),
+    (
+        "rand_sys",
+        "  its kernel CPU us / request",
+        lambda b: _micros(b.rand.per_request(b.rand.system)),
+        0,
+    ),
 ]
+
+
+def _limits(boots: list[Boot]) -> str:
+    queue = boots[0].queue
+    return " ".join(f"{k}={v}" for k, v in queue.items()) or "n/a"
 
 
 def _micros(seconds: float | None) -> float | None:
@@ -431,13 +466,19 @@ def report(boots: list[Boot], command: str, threads: int, seconds: float) -> str
         f"Boots that ran both tests: pcivm {counts['pcivm']}, QEMU {counts['qemu']}. Medians;",
         "'per round' is the range of the pcivm/QEMU ratio within each round. Rates over the",
         "box's clock between the marker lines; requests: reads the guest's block layer",
-        "completed; exits: KVM's debugfs counters of the VM over the test; VMM CPU: the VMM",
-        "process's user + system time less its vCPU's guest time over the test.",
+        "completed; exits: KVM's debugfs counters of the VM over the test; VMM user CPU: the",
+        "VMM process's user time less its vCPU's guest time (Python or QEMU's own code); its",
+        "kernel CPU: the process's system time (KVM's exit handling, the reads' copies, ...).",
         f"Random: {threads} threads x 1 O_DIRECT 4 KiB read in flight each, {seconds:g} s.",
         "",
         table,
         "",
         *bounds(meds, threads),
+        *(
+            f"Guest block queue limits under {vmm}: {_limits(ok[vmm])}"
+            for vmm in ("pcivm", "qemu")
+            if ok[vmm]
+        ),
     ]
     for b in boots:
         if not b.ok:
@@ -446,47 +487,76 @@ def report(boots: list[Boot], command: str, threads: int, seconds: float) -> str
 
 
 def bounds(meds: dict, threads: int) -> list[str]:
-    """What the medians say bounds pcivm: its CPU per request against the time per request."""
-    out = ["What bounds pcivm:"]
-    for test, rate_key, per_second in (
-        ("sequential", "seq_mbs", lambda mbs, kib: mbs * MB / (kib * 1024)),
-        ("random", "rand_iops", lambda iops, _kib: iops),
+    """What the medians say bounds pcivm: its CPU per request (its own code, the kernel's
+    work for it) against the time between request completions, and exits per request."""
+    out = ["What bounds pcivm (per request, pcivm vs QEMU):"]
+    for test, prefix, rate_key in (
+        ("sequential", "seq", "seq_mbs"),
+        ("random", "rand", "rand_iops"),
     ):
-        prefix = test[:4] if test == "random" else "seq"
         p_rate, q_rate = meds[rate_key]
-        p_cpu, q_cpu = meds[f"{prefix}_cpu"]
+        kib = meds["seq_kib"] if prefix == "seq" else (4.0, 4.0)
+        p_gap, q_gap = _gap(p_rate, kib[0], prefix), _gap(q_rate, kib[1], prefix)
+        p_user, q_user = meds[f"{prefix}_cpu"]
+        p_sys, q_sys = meds[f"{prefix}_sys"]
         p_exits, q_exits = meds[f"{prefix}_exits"]
-        kib = meds["seq_kib"][0] if test == "sequential" else 4
-        if p_rate is None or not kib:
+        if p_gap is None:
             out.append(f"  {test}: no figures")
             continue
-        busy = 1e6 / per_second(p_rate, kib)  # us between request completions
-        share = ratio(p_cpu, busy)
         out.append(
-            f"  {test}: a request completes every {busy:,.0f} us under pcivm "
-            f"(QEMU: {_fmt(_gap(q_rate, kib, per_second), ' us', 0)}); pcivm's process spends "
-            f"{_fmt(p_cpu, ' us', 0)} of CPU outside the guest per request "
-            f"({_fmt(_pct(share), '%', 0)} of that gap; QEMU {_fmt(q_cpu, ' us', 0)}); "
-            f"KVM exits per request {_fmt(p_exits, '', 2)} vs QEMU {_fmt(q_exits, '', 2)}."
-        )
-        if share is not None and share > 0.6:
-            verdict = "the VMM's own per-request work (Python: chain walk, checks, syscalls)"
-        elif p_exits is not None and q_exits and p_exits > 1.5 * q_exits:
-            verdict = "exits: pcivm takes more of them per request than QEMU"
-        else:
-            verdict = "not pcivm's CPU: the guest and the nested exits/interrupts per request" + (
-                ", and the copy of each 1 MiB from the page cache" if test == "sequential" else ""
+            f"  {test}: a request completes every {_fmt(p_gap, ' us', 0)} vs "
+            f"{_fmt(q_gap, ' us', 0)}; VMM user CPU {_fmt(p_user, ' us', 0)} vs "
+            f"{_fmt(q_user, ' us', 0)}, its kernel CPU {_fmt(p_sys, ' us', 0)} vs "
+            f"{_fmt(q_sys, ' us', 0)}; KVM exits {_fmt(p_exits, '', 2)} vs {_fmt(q_exits, '', 2)}"
+            + (
+                f"; {_fmt(kib[0], ' KiB', 0)} vs {_fmt(kib[1], ' KiB', 0)} a request"
+                if prefix == "seq"
+                else ""
             )
-        out.append(f"    -> bound by {verdict}.")
+        )
+        causes = []
+        user_share, sys_share = ratio(p_user, p_gap), ratio(p_sys, p_gap)
+        if prefix == "seq" and kib[0] and kib[1] and kib[0] < 0.9 * kib[1]:
+            causes.append(
+                f"smaller requests: the guest splits each 1 MiB read into {kib[1] / kib[0]:.1f} "
+                "requests under pcivm (see its queue limits below), so every per-request cost "
+                "is paid more often"
+            )
+        if user_share is not None and user_share >= 0.5:
+            causes.append(
+                f"pcivm's own per-request work (Python: chain walk, checks, syscalls, used ring) "
+                f"takes {user_share:.0%} of the time between completions"
+            )
+        if sys_share is not None and sys_share >= 0.5:
+            causes.append(
+                f"the kernel's work for pcivm ({sys_share:.0%} of the time between completions: "
+                "KVM's exit handling, nested; eventfds"
+                + (", the copy of every byte" if prefix == "seq" else "")
+                + ")"
+            )
+        if user_share is not None and user_share < 0.5 and p_user and q_user:
+            causes.append(
+                f"pcivm's own code costs {p_user / q_user:.1f}x QEMU's per request but runs on its "
+                f"device threads beside the vCPU ({user_share:.0%} of the time between "
+                "completions): not yet the limit"
+            )
+        if p_exits is not None and q_exits and p_exits > 1.3 * q_exits:
+            causes.append(f"more exits per request than QEMU ({p_exits / q_exits:.1f}x)")
+        if not causes:
+            causes.append(
+                "neither pcivm's CPU nor its exits: the guest's own path and the nested "
+                "exit/interrupt latency per request"
+            )
+        out.append("    -> " + "; ".join(causes) + ".")
     return out
 
 
-def _gap(rate, kib, per_second):
-    return None if rate is None or not kib else 1e6 / per_second(rate, kib)
-
-
-def _pct(share):
-    return None if share is None else share * 100
+def _gap(rate: float | None, kib: float | None, prefix: str) -> float | None:
+    """Microseconds between request completions at `rate` (MB/s or IOPS)."""
+    if rate is None or not rate or not kib:
+        return None
+    per_second = rate * MB / (kib * 1024) if prefix == "seq" else rate
+    return 1e6 / per_second
 
 
 # -- command line -------------------------------------------------------------------------

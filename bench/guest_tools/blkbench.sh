@@ -16,13 +16,21 @@ stat=/sys/block/${dev#/dev/}/stat
 
 blkstat() { echo "BLK-STAT $1 $(cat "$stat")"; }
 
+# the request limits the guest's block layer derived from the device
+queue=/sys/block/${dev#/dev/}/queue
+limits=
+for name in max_sectors_kb max_hw_sectors_kb max_segments max_segment_size; do
+	limits="$limits $name=$(cat "$queue/$name" 2>/dev/null)"
+done
+echo "BLK-QUEUE$limits"
+
 blkstat seq0
 echo =S0=
 dd if="$dev" of=/dev/null bs=1M count="$mib" iflag=direct 2>/tmp/dd.out
 status=$?
 echo =S1=
 blkstat seq1
-echo "BLK-DD $status $(tail -n 1 /tmp/dd.out)"
+echo "BLK-DD $status $(grep 'records out' /tmp/dd.out)"
 
 blkstat rand0
 echo =R0=

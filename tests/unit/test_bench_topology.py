@@ -86,13 +86,16 @@ def test_blk_guest_lines():
         "BLK-STAT seq0 10 0 80 0 0 0 0 0 0 0 0\r\n"
         "=S0=\r\n=S1=\r\n"
         "BLK-STAT seq1 1034 0 2097232 0 0 0 0 0 0 0 0\r\n"
-        "BLK-DD 0 1073741824 bytes (1.0GB) copied, 9.5 seconds, 107.7MB/s\r\n"
+        "BLK-QUEUE max_segments=254\r\n"
+        "BLK-DD 0 1024+0 records out\r\n"
         "BLK-RR 0 randread: threads=4 block=4096 seconds=10.001 ops=5000 iops=499.9 errors=0\n"
     )
     guest = parse_guest(console)
     assert reads_completed(guest["stat"], "seq0", "seq1") == 1024
     assert reads_completed(guest["stat"], "rand0", "rand1") is None
     assert guest["dd"][0] == 0 and dd_bytes(guest["dd"][1]) == 1 << 30
+    assert guest["queue"] == {"max_segments": "254"}
+    assert dd_bytes("1023+1 records out") is None
     assert guest["rr"]["status"] == 0 and guest["rr"]["ops"] == "5000"
     assert dd_bytes("dd: can't open") is None
     assert guest_command(1024, 4, 10.0) == "blkbench /dev/vda 1024 4 10"
