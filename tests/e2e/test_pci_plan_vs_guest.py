@@ -102,18 +102,14 @@ def test_io_space_runs_out_after_fifteen_windows():
 
 
 def test_pc_run_checks_smp_multifunction_and_command_register(image, runner):
-    # The first test device (00:02.0) has its IO BAR at the address the plan gave it;
-    # reading it through /dev/port shows the signature until the command register's IO
-    # bit is cleared, then all-ones.
-    plan = plan_json("pc", PC_20)
-    (first,) = [d for d in plan["pci"] if d["bdf"] == "0000:00:02.0"]
-    (io_bar,) = [b for b in first["bars"] if b["type"] == "io"]
-    port = int(io_bar["start"], 16)
-    config = "/sys/bus/pci/devices/0000:00:02.0/config"
+    # The first test device's IO BAR, read through sysfs (port reads at the address the
+    # plan gave it), shows the signature until the command register's IO bit is cleared,
+    # then all-ones.
+    device = "/sys/bus/pci/devices/0000:00:02.0"
     command = (
-        f"nproc; dd if=/dev/port bs=1 skip={port} count=4 2>/dev/null | od -An -c; "
-        f"printf '\\002\\000' | dd of={config} bs=1 seek=4 count=2 conv=notrunc 2>/dev/null; "
-        f"dd if=/dev/port bs=1 skip={port} count=4 2>/dev/null | od -An -tx1"
+        f"nproc; dd if={device}/resource1 bs=4 count=1 2>/dev/null | od -An -c; "
+        f"printf '\\002\\000' | dd of={device}/config bs=1 seek=4 count=2 conv=notrunc "
+        f"2>/dev/null; dd if={device}/resource1 bs=4 count=1 2>/dev/null | od -An -tx1"
     )
     result = boot(image, runner, "pc", PC_20, ["-smp", "4"], run=command)
     assert result.run_exit == 0, result.console[-2000:]
