@@ -127,6 +127,18 @@ class Vmm:
                 initrd = spec.initrd.read_bytes()
             except OSError as exc:
                 raise PcivmError(f"could not load initrd '{spec.initrd}': {exc.strerror}") from None
+        for drive in spec.drives:
+            # Before anything else is built: a drive that cannot be opened is one line.
+            mode = os.R_OK if drive.read_only else os.R_OK | os.W_OK
+            if not os.path.exists(drive.file):
+                raise PcivmError(
+                    f"-drive file={drive.file}: Could not open '{drive.file}': "
+                    "No such file or directory"
+                )
+            if not os.access(drive.file, mode):
+                raise PcivmError(
+                    f"-drive file={drive.file}: Could not open '{drive.file}': Permission denied"
+                )
         kvm = self._open_kvm()
         vm = kvm.create_vm()
         self._vm = vm

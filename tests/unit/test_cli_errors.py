@@ -84,3 +84,32 @@ def test_version_and_help(capsys):
     assert "pcivm" in capsys.readouterr().out
     assert cli.main(["-h"]) == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_missing_disk_image_names_the_file(kernel, tmp_path, capsys):
+    missing = tmp_path / "no-such-disk.img"
+    status, err = run(["-kernel", str(kernel), "-drive", f"file={missing},if=virtio"], capsys)
+    assert status == 1 and "no-such-disk.img" in err and "No such file" in err
+    assert_one_line(err)
+
+
+@pytest.mark.parametrize(
+    "drive,needle",
+    [
+        ("if=virtio", "file=PATH"),
+        ("file=x.img,if=ide", "if=ide is not supported"),
+        ("file=x.img,format=qcow2", "format=qcow2 is not supported"),
+        ("file=x.img,cache=fast", "cache=fast"),
+        ("file=x.img,bogus=1", "Invalid parameter 'bogus'"),
+    ],
+)
+def test_bad_drive_options(drive, needle, capsys):
+    status, err = run(["-kernel", "k", "-drive", drive], capsys)
+    assert status == 1 and needle in err
+    assert_one_line(err)
+
+
+def test_device_naming_a_missing_drive(capsys):
+    status, err = run(["-kernel", "k", "-device", "virtio-blk-pci,drive=nope"], capsys)
+    assert status == 1 and "can't find value 'nope'" in err
+    assert_one_line(err)
