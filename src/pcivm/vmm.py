@@ -411,5 +411,4 @@ class Vmm:
 
 
 def run_spec(spec: VmSpec) -> int:
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return Vmm(spec).run()
