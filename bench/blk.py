@@ -515,40 +515,35 @@ def bounds(meds: dict, threads: int) -> list[str]:
             )
         )
         causes = []
-        user_share, sys_share = ratio(p_user, p_gap), ratio(p_sys, p_gap)
         if prefix == "seq" and kib[0] and kib[1] and kib[0] < 0.9 * kib[1]:
             causes.append(
                 f"smaller requests: the guest splits each 1 MiB read into {kib[1] / kib[0]:.1f} "
-                "requests under pcivm (see its queue limits below), so every per-request cost "
-                "is paid more often"
+                "requests under pcivm (see its queue limits below)"
             )
-        if user_share is not None and user_share >= 0.5:
+        cpu_share = ratio(_sum(p_user, p_sys), p_gap)
+        if cpu_share is not None:
             causes.append(
-                f"pcivm's own per-request work (Python: chain walk, checks, syscalls, used ring) "
-                f"takes {user_share:.0%} of the time between completions"
-            )
-        if sys_share is not None and sys_share >= 0.5:
-            causes.append(
-                f"the kernel's work for pcivm ({sys_share:.0%} of the time between completions: "
-                "KVM's exit handling, nested; eventfds"
+                f"CPU: pcivm's process (user + kernel) uses {cpu_share:.0%} of the time between "
+                f"completions, the kernel's part (KVM's nested exit handling"
                 + (", the copy of every byte" if prefix == "seq" else "")
-                + ")"
+                + f") {_fmt(p_sys, ' us', 0)} against QEMU's {_fmt(q_sys, ' us', 0)}"
             )
-        if user_share is not None and user_share < 0.5 and p_user and q_user:
+        extra_gap = None if q_gap is None else p_gap - q_gap
+        extra_user = None if p_user is None or q_user is None else p_user - q_user
+        if extra_gap and extra_gap > 0 and extra_user is not None:
             causes.append(
-                f"pcivm's own code costs {p_user / q_user:.1f}x QEMU's per request but runs on its "
-                f"device threads beside the vCPU ({user_share:.0%} of the time between "
-                "completions): not yet the limit"
+                f"pcivm's own code (Python: chain walk, checks, syscalls, used ring) costs "
+                f"{extra_user:,.0f} us more per request than QEMU's, for {extra_gap:,.0f} us more "
+                f"between completions: {min(extra_user / extra_gap, 9.99):.0%} of the difference"
             )
         if p_exits is not None and q_exits and p_exits > 1.3 * q_exits:
-            causes.append(f"more exits per request than QEMU ({p_exits / q_exits:.1f}x)")
-        if not causes:
-            causes.append(
-                "neither pcivm's CPU nor its exits: the guest's own path and the nested "
-                "exit/interrupt latency per request"
-            )
+            causes.append(f"{p_exits / q_exits:.1f}x the exits per request of QEMU")
         out.append("    -> " + "; ".join(causes) + ".")
     return out
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
 
 
 def _gap(rate: float | None, kib: float | None, prefix: str) -> float | None:
