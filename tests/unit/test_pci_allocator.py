@@ -527,7 +527,7 @@ def test_programming_through_a_host_remaps_once_with_the_final_state():
     host = PciHost(root, AddressSpace("io"), AddressSpace("mmio"), lambda gsi, level: None)
     calls = []
     original = host.wanted_mappings
-    host.wanted_mappings = lambda: calls.append(1) or original()
+    host.wanted_mappings = lambda scope=None: calls.append(1) or original(scope)
     allocate(root, Q35, host)
     assert len(calls) == 1
     assert devices[0].bars[0].mapped_at == devices[0].bar_address(devices[0].bars[0])

@@ -191,3 +191,30 @@ def test_intx_is_swizzled_through_bridges_and_shared_lines_are_ored():
     assert t.read_config(R.PCI_STATUS, 2) & R.PCI_STATUS_INTERRUPT
     t.write_config(R.PCI_COMMAND, 2, 0)
     assert irqs[-1] == (23, 1)
+
+
+def test_a_config_write_remaps_only_what_it_can_move():
+    topology, host, io, mmio, _ = make_host(
+        "pc",
+        [f"pci-testdev,id=t{i}" for i in range(8)]
+        + ["pci-bridge,id=b,chassis_nr=1", "pci-testdev,id=u,bus=b,addr=1"],
+    )
+    from pcivm.pci.allocator import allocate
+    from pcivm.pci.layout import machine_layout
+
+    allocate(topology.root, machine_layout("pc", 1 << 30, 1 << 30), host=host)
+    full = host.wanted_mappings()
+    scopes = []
+    original = host.wanted_mappings
+    host.wanted_mappings = lambda scope=None: scopes.append(scope) or original(scope)
+    t3, bridge, u = topology.by_id["t3"], topology.by_id["b"], topology.by_id["u"]
+    t3.write_config(R.PCI_COMMAND, 2, 0)  # off: only t3 changes
+    assert scopes == [t3]
+    assert t3.bars[0].mapped_at is None and topology.by_id["t4"].bars[0].mapped_at is not None
+    bridge.write_config(R.PCI_COMMAND, 2, R.PCI_COMMAND_MEMORY)  # the bridge stops IO below
+    assert scopes[-1] is bridge
+    assert u.bars[1].mapped_at is None and u.bars[0].mapped_at is not None
+    bridge.write_config(R.PCI_COMMAND, 2, R.PCI_COMMAND_IO | R.PCI_COMMAND_MEMORY)
+    t3.write_config(R.PCI_COMMAND, 2, R.PCI_COMMAND_IO | R.PCI_COMMAND_MEMORY)
+    # Scoped updates end where a full recomputation would.
+    assert set(host._mapped) == set(full) == set(original())

@@ -95,7 +95,7 @@ class PciHost:
 
     def adopt(self, function: PciFunction) -> None:
         """Connect a plugged function's decode and INTx changes to this host."""
-        function.on_decode_change = lambda _f: self.remap()
+        function.on_decode_change = self.remap
         function.on_intx = self._intx_changed
 
     def functions(self) -> Iterable[PciFunction]:
@@ -152,40 +152,83 @@ class PciHost:
 
         return _Batch()
 
-    def wanted_mappings(self) -> dict[_Key, tuple[PciFunction, Bar]]:
+    def wanted_mappings(
+        self, scope: PciFunction | None = None
+    ) -> dict[_Key, tuple[PciFunction, Bar]]:
+        """The BAR ranges that should be reachable now: of every function, or of `scope`
+        (a function, and for a bridge everything below it)."""
         wanted: dict[_Key, tuple[PciFunction, Bar]] = {}
+
+        def place(function: PciFunction, io: list[Window] | None, mem: list[Window] | None):
+            for bar, address in function.decoded_bar_ranges():
+                allowed = io if bar.kind == IO else mem
+                if allowed is not None and not any(w.contains(address, bar.size) for w in allowed):
+                    continue
+                key = _Key(bar.kind, address, bar.size, id(function), bar.index)
+                wanted[key] = (function, bar)
+            if isinstance(function, PciBridge):
+                visit(
+                    function.secondary,
+                    _intersect(io, function.forwarded_windows(IO)),
+                    _intersect(mem, function.forwarded_windows("mem")),
+                )
 
         def visit(bus: PciBus, io: list[Window] | None, mem: list[Window] | None) -> None:
             for function in bus.ordered():
-                if function.bus is not bus or bus.function(function.slot, function.fn) is None:
-                    continue
-                for bar, address in function.decoded_bar_ranges():
-                    allowed = io if bar.kind == IO else mem
-                    if allowed is not None and not any(
-                        w.contains(address, bar.size) for w in allowed
-                    ):
-                        continue
-                    key = _Key(bar.kind, address, bar.size, id(function), bar.index)
-                    wanted[key] = (function, bar)
-                if isinstance(function, PciBridge):
-                    visit(
-                        function.secondary,
-                        _intersect(io, function.forwarded_windows(IO)),
-                        _intersect(mem, function.forwarded_windows("mem")),
-                    )
+                if function.bus is bus and bus.function(function.slot, function.fn) is not None:
+                    place(function, io, mem)
 
-        visit(self.root, None, None)
+        if scope is None:
+            visit(self.root, None, None)
+        else:
+            above = self._windows_above(scope)
+            if above is not None:
+                place(scope, *above)
         return wanted
 
-    def remap(self) -> None:
+    @staticmethod
+    def _windows_above(function: PciFunction):
+        """(io, mem) windows every bridge above `function` forwards, or None when the
+        function is not visible on its bus (a function of a non-multifunction slot)."""
+        bridges = []
+        node = function
+        while node.bus is not None:
+            if node.bus.function(node.slot, node.fn) is not node:
+                return None
+            if node.bus.parent is None:
+                break
+            node = node.bus.parent
+            bridges.append(node)
+        io = mem = None
+        for bridge in reversed(bridges):
+            io = _intersect(io, bridge.forwarded_windows(IO))
+            mem = _intersect(mem, bridge.forwarded_windows("mem"))
+        return io, mem
+
+    def remap(self, scope: PciFunction | None = None) -> None:
+        """Bring the address spaces in line with the config registers: all of them, or
+        just `scope`'s part (a function whose command register or BARs changed, or a
+        bridge and everything below it) — a guest programs one function at a time, and
+        a whole-tree walk per config write grows with the square of the devices."""
         if self._batch:
             self._dirty = True
             return
-        self._dirty = False
-        wanted = self.wanted_mappings()
+        if scope is None:
+            self._dirty = False
+            in_scope = None
+        else:
+            in_scope = {id(scope)}
+            child = getattr(scope, "secondary", None)
+            if child is not None:
+                in_scope.update(id(f) for f in child.walk())
+        wanted = self.wanted_mappings(scope)
         changed: set[int] = set()
         touched: dict[int, PciFunction] = {}
-        for key in [k for k in self._mapped if k not in wanted]:
+        for key in [
+            k
+            for k in self._mapped
+            if k not in wanted and (in_scope is None or k.function in in_scope)
+        ]:
             mapping, function, bar = self._mapped.pop(key)
             (self.io if key.kind == IO else self.mmio).unregister(mapping)
             bar.mapped_at = None
