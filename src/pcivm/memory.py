@@ -69,7 +69,9 @@ class GuestMemory:
         if hasattr(mmap, "MADV_HUGEPAGE"):
             self._map.madvise(mmap.MADV_HUGEPAGE)
         self._view = memoryview(self._map)
-        map_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        anchor = ctypes.c_char.from_buffer(self._map)
+        map_addr = ctypes.addressof(anchor)
+        del anchor  # an export left behind would keep the mapping from ever closing
         start = -map_addr % HUGE_PAGE  # where RAM begins inside the mapping: 2 MiB-aligned
         self.host_addr = map_addr + start
         low = min(size, lowmem_limit)
@@ -131,5 +133,11 @@ class GuestMemory:
         return sorted(entries, key=lambda e: e.addr)
 
     def close(self) -> None:
+        """Give guest RAM back to the host. A view a device still holds would keep the
+        mapping open: its pages are released all the same (MADV_DONTNEED), so a process
+        that runs VMs one after another does not grow by a guest's RAM each time."""
         self._view.release()
-        # The ctypes export taken for host_addr keeps the map alive; let the GC drop it.
+        try:
+            self._map.close()
+        except BufferError:
+            self._map.madvise(mmap.MADV_DONTNEED)

@@ -246,6 +246,8 @@ class Vmm:
             self._vm.close()
             self._vm.kvm.close()
             self._vm = None
+        if self.platform is not None:
+            self.platform.memory.close()
 
     def _stop_vcpus(self) -> None:
         for vcpu in self._vcpus:
