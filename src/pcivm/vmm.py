@@ -368,6 +368,8 @@ class Vmm:
     def state_report(self) -> str:
         """What a hung guest may be waiting for: vCPUs, the IOAPIC, the UART."""
         lines = ["pcivm: state dump"]
+        if self.platform is None or self._vm is None:
+            return "pcivm: state dump: the VM is still being built"
         self._vcpu_reports.clear()
         self._report_wanted.set()
         for vcpu, thread in zip(self._vcpus, self._threads, strict=False):
