@@ -26,6 +26,9 @@ fail() {{
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
+# Huge pages only when free ones are at hand: compaction on demand stalled the box's
+# kernel for minutes after a series of VM boots (a soft lockup on a 2-core host).
+echo never >/sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null
 for module in {modules}; do
     $bb insmod "/lib/modules/$module" || fail "cannot load $module"
 done

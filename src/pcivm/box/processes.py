@@ -45,7 +45,9 @@ def stop_helper(proc: subprocess.Popen | None, grace: float = 3.0) -> None:
             continue
 
 
-def tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path | None, lines: int = 15) -> str:
+    if path is None:
+        return ""  # a machine already torn down has no log left to show
     try:
         text = path.read_text(errors="replace")
     except OSError:
