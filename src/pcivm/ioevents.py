@@ -69,17 +69,20 @@ class IoEventWorker:
     def _serve(self) -> None:
         poller = select.poll()
         poller.register(self._stop_r, select.POLLIN)
-        watched: set[int] = set()
+        by_fd: dict[int, int] = {}  # eventfd -> queue, redone when `update` says so
+        changed = True
         while True:
-            with self._lock:
-                by_fd = {fd: q for q, fd in self._eventfds.items()}
-            for fd in by_fd.keys() - watched:
-                poller.register(fd, select.POLLIN)
-                watched.add(fd)
+            if changed:
+                with self._lock:
+                    current = {fd: q for q, fd in self._eventfds.items()}
+                for fd in current.keys() - by_fd.keys():
+                    poller.register(fd, select.POLLIN)
+                by_fd, changed = current, False
             for fd, _events in poller.poll():
                 if fd == self._stop_r:
                     if os.read(self._stop_r, 64).endswith(b"s"):
                         return
+                    changed = True
                     continue
                 try:
                     os.eventfd_read(fd)

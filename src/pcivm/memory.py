@@ -79,6 +79,9 @@ class GuestMemory:
         self.regions = [RamRegion(0, low, start)]
         if size > low:
             self.regions.append(RamRegion(FOUR_GIB, size - low, start + low))
+        # (first guest address, end, offset into the mapping) per region: `view` runs for
+        # every descriptor and buffer a device touches, so it avoids attribute lookups.
+        self._spans = tuple((r.guest_phys_addr, r.end, r.offset) for r in self.regions)
 
     def host_address(self, region: RamRegion) -> int:
         return self.host_addr + region.offset - self.regions[0].offset
@@ -87,9 +90,10 @@ class GuestMemory:
         """A writable view of [gpa, gpa+length) that must lie inside one RAM region."""
         if length < 0 or gpa < 0:
             raise GuestMemoryError(f"bad guest range {gpa:#x}+{length:#x}")
-        for region in self.regions:
-            if region.guest_phys_addr <= gpa and gpa + length <= region.end:
-                start = region.offset + gpa - region.guest_phys_addr
+        end = gpa + length
+        for first, last, offset in self._spans:
+            if first <= gpa and end <= last:
+                start = offset + gpa - first
                 return self._view[start : start + length]
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
 

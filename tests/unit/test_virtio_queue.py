@@ -74,13 +74,31 @@ def test_views_skip_and_limit_across_buffers(memory):
     memory.write(0x20100, b"efgh")
     drv.publish(drv.add([(0x20000, 4), (0x20100, 4)], [(0x30000, 4), (0x30100, 4)]).head)
     chain = q.pop()
-    assert [bytes(v) for v in chain.readable_views(memory, 2, 4)] == [b"cd", b"ef"]
-    assert chain.read(memory, 3, 100) == b"defgh"
-    assert chain.write(memory, 3, b"XYZ") == 3
+    assert [bytes(v) for v in chain.readable_views(2, 4)] == [b"cd", b"ef"]
+    assert chain.read(3, 100) == b"defgh"
+    assert chain.write(3, b"XYZ") == 3
     assert memory.read(0x30000, 4)[3:] == b"X" and memory.read(0x30100, 2) == b"YZ"
     # Views are of guest RAM itself: no copy.
-    chain.writable_views(memory)[0][0:1] = b"!"
+    chain.writable_views()[0][0:1] = b"!"
     assert memory.read(0x30000, 1) == b"!"
+    chain.write_last_byte(0x5A)
+    assert memory.read(0x30100 + 3, 1) == b"Z"
+
+
+@pytest.mark.parametrize("skip", range(0, 10))
+@pytest.mark.parametrize("limit", [None, 0, 1, 3, 4, 5, 8, 9])
+def test_views_slice_the_stream_like_bytes_would(memory, skip, limit):
+    q, drv = make(memory)
+    memory.write(0x20000, b"abc")
+    memory.write(0x20100, b"d")
+    memory.write(0x20200, b"efgh")
+    drv.publish(drv.add([(0x20000, 3), (0x20100, 1), (0x20200, 4)], [(0x30000, 1)]).head)
+    chain = q.pop()
+    stream = b"abcdefgh"
+    want = stream[skip:] if limit is None else stream[skip : skip + limit]
+    views = chain.readable_views(skip, limit)
+    assert b"".join(bytes(v) for v in views) == want
+    assert all(len(v) for v in views)
 
 
 def test_indirect_table_after_direct_descriptors(memory):

@@ -28,7 +28,6 @@ import stat
 import struct
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pcivm.errors import PcivmError
@@ -57,6 +56,7 @@ from pcivm.virtio.constants import (
 )
 from pcivm.virtio.device import VirtioDevice, bit
 from pcivm.virtio.queue import DescriptorChain, SplitQueue, VirtqueueError
+from pcivm.virtio.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,12 @@ class BlockBackend:
         """Read into `views` from `offset` until they are full or the file ends."""
         if not self._aligned(views, offset):
             return self._bounce_read(views, offset)
-        return _transfer(os.preadv, self.fd, list(views), offset)
+        return _transfer(os.preadv, self.fd, views, offset)
 
     def pwritev(self, views: Sequence[memoryview], offset: int) -> int:
         if not self._aligned(views, offset):
             return self._bounce_write(views, offset)
-        return _transfer(os.pwritev, self.fd, list(views), offset)
+        return _transfer(os.pwritev, self.fd, views, offset)
 
     # O_DIRECT wants the file offset, the length and the memory aligned. A guest that keeps
     # to the blk_size it is told does that already (guest pages are aligned in the host
@@ -320,15 +320,21 @@ def _transfer(call, fd: int, views: list[memoryview], offset: int) -> int:
     """preadv/pwritev until every view is done; a read stops early at end of file."""
     done = 0
     while views:
-        n = call(fd, views[:IOV_MAX], offset + done)
+        batch = views[:IOV_MAX]
+        n = call(fd, batch, offset + done)
         if n == 0:
             break
         done += n
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if n:
-            views[0] = views[0][n:]
+        if n == sum(map(len, batch)):
+            views = views[IOV_MAX:]  # the usual case: the whole batch in one call
+            continue
+        # A short transfer: go on from where it stopped.
+        skip = 0
+        while n >= len(views[skip]):
+            n -= len(views[skip])
+            skip += 1
+        views = views[skip:]
+        views[0] = views[0][n:]
     return done
 
 
@@ -344,7 +350,7 @@ MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB per segment, QEMU's default
 MAX_DISCARD_SEGMENTS = 32
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     queue: SplitQueue
     chain: DescriptorChain
@@ -406,9 +412,7 @@ class VirtioBlk(VirtioDevice):
             1,  # write_zeroes_may_unmap
         )  # fmt: skip
         super().__init__(memory, [queue_size], features=features, config=config, label=label)
-        self._executor = (
-            ThreadPoolExecutor(workers, thread_name_prefix=f"{self.label}-io") if workers else None
-        )
+        self._workers = WorkerThreads(workers, f"{self.label}-io", self._run) if workers else None
         self._epoch = 0
         self._in_flight = 0
         self._idle = threading.Condition(self.lock)
@@ -422,13 +426,13 @@ class VirtioBlk(VirtioDevice):
     def _start(self, queue: SplitQueue, chain: DescriptorChain) -> None:
         if chain.readable_len < _HEADER.size or chain.writable_len < 1:
             raise VirtqueueError(f"request {chain.head}: no header or no status byte")
-        kind, _, sector = _HEADER.unpack(chain.read(self.memory, 0, _HEADER.size))
+        kind, _, sector = _HEADER.unpack(chain.read(0, _HEADER.size))
         request = _Request(queue, chain, kind, sector, self._epoch, chain.writable_len - 1)
-        if self._executor is None:
+        if self._workers is None:
             self._finish(request, *self._execute(request))
             return
         self._in_flight += 1
-        self._executor.submit(self._run, request)
+        self._workers.submit(request)
 
     def _run(self, request: _Request) -> None:
         result = (VIRTIO_BLK_S_IOERR, 0)
@@ -439,10 +443,11 @@ class VirtioBlk(VirtioDevice):
                 self._in_flight -= 1
                 if request.epoch == self._epoch:
                     self._finish(request, *result)
-                self._idle.notify_all()
+                if not self._in_flight:
+                    self._idle.notify_all()  # a reset may be waiting for this
 
     def _finish(self, request: _Request, status: int, written: int) -> None:
-        request.chain.write(self.memory, request.status_offset, bytes([status]))
+        request.chain.write_last_byte(status)
         self.complete(request.queue, request.chain.head, written + 1)
 
     def _execute(self, request: _Request) -> tuple[int, int]:
@@ -459,7 +464,7 @@ class VirtioBlk(VirtioDevice):
             if kind == VIRTIO_BLK_T_GET_ID:
                 serial = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")
                 limit = min(VIRTIO_BLK_ID_BYTES, request.status_offset)
-                return VIRTIO_BLK_S_OK, request.chain.write(self.memory, 0, serial[:limit])
+                return VIRTIO_BLK_S_OK, request.chain.write(0, serial[:limit])
             if kind in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
                 return self._discard_or_zero(request)
             return VIRTIO_BLK_S_UNSUPP, 0
@@ -482,7 +487,7 @@ class VirtioBlk(VirtioDevice):
         length = request.status_offset
         if not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
-        views = request.chain.writable_views(self.memory, 0, length)
+        views = request.chain.writable_views(0, length)
         if self.backend.preadv(views, request.sector * SECTOR) != length:
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, length
@@ -491,7 +496,7 @@ class VirtioBlk(VirtioDevice):
         length = request.chain.readable_len - _HEADER.size
         if self.backend.read_only or not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
-        views = request.chain.readable_views(self.memory, _HEADER.size)
+        views = request.chain.readable_views(_HEADER.size)
         if self.backend.pwritev(views, request.sector * SECTOR) != length:
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, 0
@@ -506,7 +511,7 @@ class VirtioBlk(VirtioDevice):
         size = request.chain.readable_len - _HEADER.size
         if size == 0 or size % _SEGMENT.size or size // _SEGMENT.size > MAX_DISCARD_SEGMENTS:
             return VIRTIO_BLK_S_UNSUPP, 0
-        payload = request.chain.read(self.memory, _HEADER.size, size)
+        payload = request.chain.read(_HEADER.size, size)
         segments = [_SEGMENT.unpack_from(payload, i) for i in range(0, size, _SEGMENT.size)]
         known = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP if zeroing else 0
         # Check every segment before touching the image (5.2.6.3).
@@ -536,6 +541,6 @@ class VirtioBlk(VirtioDevice):
     def close(self) -> None:
         with self.lock:
             self.on_reset()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        if self._workers is not None:
+            self._workers.shutdown()
         self.backend.close()

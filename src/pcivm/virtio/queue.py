@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass, field
 
 from pcivm.memory import GuestMemory, GuestMemoryError
 from pcivm.virtio.constants import (
@@ -41,6 +40,7 @@ from pcivm.virtio.constants import (
 )
 
 _DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 # 2.7.5.2: a chain is at most 2^32 bytes long in total (used.len is a le32).
 MAX_CHAIN_BYTES = 1 << 32
@@ -91,66 +91,80 @@ def legacy_ring_bytes(size: int, align: int = VIRTIO_PCI_VRING_ALIGN) -> int:
     return used + used_ring_size(size) - desc
 
 
-@dataclass
 class DescriptorChain:
     """One available descriptor chain, resolved and validated: the device-readable and
-    device-writable buffers as (guest address, length), in chain order."""
+    device-writable buffers as (guest address, length), in chain order, with a view of
+    guest RAM for each, made (and bounds-checked) once when the chain was walked."""
 
-    head: int
-    readable: list[tuple[int, int]] = field(default_factory=list)
-    writable: list[tuple[int, int]] = field(default_factory=list)
+    __slots__ = (
+        "head",
+        "readable",
+        "writable",
+        "readable_len",
+        "writable_len",
+        "_rviews",
+        "_wviews",
+    )
 
-    @property
-    def readable_len(self) -> int:
-        return sum(length for _, length in self.readable)
+    def __init__(self, head: int):
+        self.head = head
+        self.readable: list[tuple[int, int]] = []
+        self.writable: list[tuple[int, int]] = []
+        self.readable_len = 0
+        self.writable_len = 0
+        self._rviews: list[memoryview] = []
+        self._wviews: list[memoryview] = []
 
-    @property
-    def writable_len(self) -> int:
-        return sum(length for _, length in self.writable)
-
-    def readable_views(
-        self, memory: GuestMemory, skip: int = 0, limit: int | None = None
-    ) -> list[memoryview]:
+    def readable_views(self, skip: int = 0, limit: int | None = None) -> list[memoryview]:
         """Views of the readable buffers, `skip` bytes in, at most `limit` bytes."""
-        return _views(memory, self.readable, skip, limit)
+        return _views(self._rviews, self.readable_len, skip, limit)
 
-    def writable_views(
-        self, memory: GuestMemory, skip: int = 0, limit: int | None = None
-    ) -> list[memoryview]:
+    def writable_views(self, skip: int = 0, limit: int | None = None) -> list[memoryview]:
         """Views of the writable buffers, `skip` bytes in, at most `limit` bytes."""
-        return _views(memory, self.writable, skip, limit)
+        return _views(self._wviews, self.writable_len, skip, limit)
 
-    def read(self, memory: GuestMemory, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes:
         """`length` bytes of the readable stream from `offset` (short at its end)."""
-        return b"".join(bytes(v) for v in self.readable_views(memory, offset, length))
+        first = self._rviews[0] if self._rviews else b""
+        if offset + length <= len(first):
+            return bytes(first[offset : offset + length])  # a header in one buffer
+        return b"".join(bytes(v) for v in self.readable_views(offset, length))
 
-    def write(self, memory: GuestMemory, offset: int, data: bytes) -> int:
+    def write(self, offset: int, data: bytes) -> int:
         """Scatter `data` into the writable stream at `offset`; the bytes written."""
         done = 0
-        for view in self.writable_views(memory, offset, len(data)):
+        for view in self.writable_views(offset, len(data)):
             view[:] = data[done : done + len(view)]
             done += len(view)
         return done
 
+    def write_last_byte(self, value: int) -> None:
+        """Set the last byte of the writable stream (virtio-blk's status byte)."""
+        self._wviews[-1][-1] = value
 
-def _views(
-    memory: GuestMemory, buffers: list[tuple[int, int]], skip: int, limit: int | None
-) -> list[memoryview]:
-    views = []
+
+def _views(views: list[memoryview], total: int, skip: int, limit: int | None) -> list[memoryview]:
+    if limit is None or skip + limit >= total:
+        if not skip:
+            return list(views)
+        limit = None
+    out = []
     remaining = limit
-    for gpa, length in buffers:
+    for view in views:
+        length = len(view)
         if skip >= length:
             skip -= length
             continue
-        take = length - skip
         if remaining is not None:
             if remaining <= 0:
                 break
-            take = min(take, remaining)
-            remaining -= take
-        views.append(memory.view(gpa + skip, take))
+            if length - skip > remaining:
+                out.append(view[skip : skip + remaining])
+                break
+            remaining -= length - skip
+        out.append(view[skip:] if skip else view)
         skip = 0
-    return views
+    return out
 
 
 class SplitQueue:
@@ -184,6 +198,8 @@ class SplitQueue:
         self._signalled_used_valid = False
         self._used_since_signal = 0
         self._notify_enabled = True
+        # Views of the rings while the queue is ready (bounds-checked once, by `enable`).
+        self._desc_view = self._avail_view = self._used_view = None
 
     # --- configuration, by the transport -------------------------------------------------
 
@@ -227,16 +243,17 @@ class SplitQueue:
             ("available ring", self.avail_addr, 6 + 2 * size, 2),
             ("used ring", self.used_addr, used_ring_size(size), VIRTQ_USED_ALIGN),
         )
+        views = []
         for name, addr, length, align in parts:
             if addr % align:
                 raise VirtqueueError(f"queue {self.index}: {name} at {addr:#x} is misaligned")
             try:
-                self.memory.view(addr, length)
+                views.append(self.memory.view(addr, length))
             except GuestMemoryError:
                 raise VirtqueueError(
                     f"queue {self.index}: {name} {addr:#x}+{length:#x} is outside RAM"
                 ) from None
-        # The available ring's used_event is optional (EVENT_IDX); check it when it is used.
+        self._desc_view, self._avail_view, self._used_view = views
         self.ready = True
 
     @property
@@ -246,7 +263,7 @@ class SplitQueue:
     # --- the available side ----------------------------------------------------------------
 
     def _avail_idx(self) -> int:
-        return self.memory.read_u16(self.avail_addr + 2)
+        return _U16.unpack_from(self._avail_view, 2)[0]
 
     def pending(self) -> int:
         """How many chains the driver has made available and we have not popped."""
@@ -266,70 +283,79 @@ class SplitQueue:
             return None
         # The ring entry is read after the index (see the module docstring).
         slot = self.last_avail_idx % self.size
-        head = self.memory.read_u16(self.avail_addr + 4 + 2 * slot)
+        head = _U16.unpack_from(self._avail_view, 4 + 2 * slot)[0]
         chain = self._walk(head)
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         if self.event_idx and self._notify_enabled:
             self._write_avail_event()
         return chain
 
-    def _read_desc(self, table: int, index: int) -> tuple[int, int, int, int]:
-        return _DESC.unpack(self.memory.view(table + VIRTQ_DESC_SIZE * index, VIRTQ_DESC_SIZE))
-
     def _walk(self, head: int) -> DescriptorChain:
-        where = f"queue {self.index} chain {head}"
         if head >= self.size:
-            raise VirtqueueError(f"{where}: head index out of range (queue size {self.size})")
+            raise self._chain_error(head, f"head index out of range (queue size {self.size})")
         chain = DescriptorChain(head)
-        table, table_len = self.desc_addr, self.size
-        index, count, total = head, 0, 0
+        readable, writable = chain.readable, chain.writable
+        rviews, wviews = chain._rviews, chain._wviews
+        view, unpack = self.memory.view, _DESC.unpack_from
+        table, table_len = self._desc_view, self.size
+        index, count, total, written = head, 0, 0, 0
         in_indirect = False
         while True:
             if index >= table_len:
-                raise VirtqueueError(f"{where}: next index {index} out of range ({table_len})")
+                raise self._chain_error(head, f"next index {index} out of range ({table_len})")
             count += 1
             if count > table_len:
                 # Also what a loop looks like: 2.7.5.2, "loops are forbidden".
-                raise VirtqueueError(f"{where}: longer than its table ({table_len} entries)")
-            addr, length, flags, nxt = self._read_desc(table, index)
+                raise self._chain_error(head, f"longer than its table ({table_len} entries)")
+            addr, length, flags, nxt = unpack(table, VIRTQ_DESC_SIZE * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 # 2.7.5.3.1: negotiated, not nested, not combined with NEXT.
                 if not self.indirect:
-                    raise VirtqueueError(f"{where}: indirect descriptor not negotiated")
+                    raise self._chain_error(head, "indirect descriptor not negotiated")
                 if in_indirect:
-                    raise VirtqueueError(f"{where}: nested indirect descriptor")
+                    raise self._chain_error(head, "nested indirect descriptor")
                 if flags & VIRTQ_DESC_F_NEXT:
-                    raise VirtqueueError(f"{where}: indirect descriptor with NEXT")
+                    raise self._chain_error(head, "indirect descriptor with NEXT")
                 if length == 0 or length % VIRTQ_DESC_SIZE:
-                    raise VirtqueueError(f"{where}: indirect table length {length:#x}")
+                    raise self._chain_error(head, f"indirect table length {length:#x}")
                 if length // VIRTQ_DESC_SIZE > MAX_INDIRECT_ENTRIES:
-                    raise VirtqueueError(f"{where}: indirect table of {length:#x} bytes")
-                self._check_buffer(where, addr, length)
+                    raise self._chain_error(head, f"indirect table of {length:#x} bytes")
                 # 2.7.5.3.2: the chain may be direct descriptors then one indirect table.
-                table, table_len = addr, length // VIRTQ_DESC_SIZE
+                table = self._buffer(head, addr, length)
+                table_len = length // VIRTQ_DESC_SIZE
                 index, count, in_indirect = 0, 0, True
                 continue
             total += length
             if total > MAX_CHAIN_BYTES:
-                raise VirtqueueError(f"{where}: more than 4 GiB in total")
+                raise self._chain_error(head, "more than 4 GiB in total")
             if length:
-                self._check_buffer(where, addr, length)
+                try:
+                    buffer = view(addr, length)
+                except GuestMemoryError:
+                    buffer = self._buffer(head, addr, length)  # raises the queue's error
                 if flags & VIRTQ_DESC_F_WRITE:
-                    chain.writable.append((addr, length))
-                elif chain.writable:
+                    writable.append((addr, length))
+                    wviews.append(buffer)
+                    written += length
+                elif writable:
                     # 2.7.4.2: device-readable buffers come before device-writable ones.
-                    raise VirtqueueError(f"{where}: readable buffer after a writable one")
+                    raise self._chain_error(head, "readable buffer after a writable one")
                 else:
-                    chain.readable.append((addr, length))
+                    readable.append((addr, length))
+                    rviews.append(buffer)
             if not flags & VIRTQ_DESC_F_NEXT:
+                chain.readable_len, chain.writable_len = total - written, written
                 return chain
             index = nxt
 
-    def _check_buffer(self, where: str, addr: int, length: int) -> None:
+    def _chain_error(self, head: int, reason: str) -> VirtqueueError:
+        return VirtqueueError(f"queue {self.index} chain {head}: {reason}")
+
+    def _buffer(self, head: int, addr: int, length: int) -> memoryview:
         try:
-            self.memory.view(addr, length)
+            return self.memory.view(addr, length)
         except GuestMemoryError:
-            raise VirtqueueError(f"{where}: buffer {addr:#x}+{length:#x} is outside RAM") from None
+            raise self._chain_error(head, f"buffer {addr:#x}+{length:#x} is outside RAM") from None
 
     # --- the used side ---------------------------------------------------------------------
 
@@ -338,27 +364,29 @@ class SplitQueue:
         element first, then the index (2.7.8.2: len is set before idx moves)."""
         if not 0 <= written < MAX_CHAIN_BYTES:
             raise ValueError(f"used length {written} does not fit le32")
+        used = self._used_view
+        if used is None:
+            return  # the driver took the queue away meanwhile (legacy PFN 0): nowhere to put it
         slot = self.used_idx % self.size
-        elem = self.memory.view(self.used_addr + 4 + VIRTQ_USED_ELEM_SIZE * slot, 8)
-        _USED_ELEM.pack_into(elem, 0, head, written)
+        _USED_ELEM.pack_into(used, 4 + VIRTQ_USED_ELEM_SIZE * slot, head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self.memory.write_u16(self.used_addr + 2, self.used_idx)
+        _U16.pack_into(used, 2, self.used_idx)
         self._used_since_signal += 1
 
     def should_interrupt(self) -> bool:
         """Whether the driver wants a used buffer notification for what was added since
         the last call (2.7.7): avail flags without EVENT_IDX, used_event with it."""
-        if not self._used_since_signal:
+        if not self._used_since_signal or self._avail_view is None:
             return False
         self._used_since_signal = 0
         _full_barrier()  # our used idx store before the load of the driver's request
         if not self.event_idx:
-            flags = self.memory.read_u16(self.avail_addr)
+            flags = _U16.unpack_from(self._avail_view, 0)[0]
             return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
         old, new = self._signalled_used, self.used_idx
         valid = self._signalled_used_valid
         self._signalled_used, self._signalled_used_valid = new, True
-        used_event = self.memory.read_u16(self.avail_addr + 4 + 2 * self.size)
+        used_event = _U16.unpack_from(self._avail_view, 4 + 2 * self.size)[0]
         return not valid or vring_need_event(used_event, new, old)
 
     # --- available buffer notification suppression (2.7.10) --------------------------------
@@ -368,16 +396,16 @@ class SplitQueue:
         EVENT_IDX avail_event. After enabling, re-check `pending()`: a chain made
         available just before is not kicked."""
         self._notify_enabled = enabled
+        if self._used_view is None:
+            return
         if self.event_idx:
             if enabled:
                 self._write_avail_event()
         else:
-            self.memory.write_u16(self.used_addr, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
+            _U16.pack_into(self._used_view, 0, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
         if enabled:
             _full_barrier()  # the store above before the caller's re-read of avail idx
 
     def _write_avail_event(self) -> None:
         # avail_event sits after the used ring: kick us once idx passes what we have seen.
-        self.memory.write_u16(
-            self.used_addr + 4 + VIRTQ_USED_ELEM_SIZE * self.size, self.last_avail_idx
-        )
+        _U16.pack_into(self._used_view, 4 + VIRTQ_USED_ELEM_SIZE * self.size, self.last_avail_idx)

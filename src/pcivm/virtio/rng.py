@@ -56,7 +56,7 @@ class VirtioRng(VirtioDevice):
             self._start_period()
             want = min(want, self._quota)
         done = 0
-        for view in chain.writable_views(self.memory, 0, want):
+        for view in chain.writable_views(0, want):
             for start in range(0, len(view), _CHUNK):
                 piece = view[start : start + _CHUNK]
                 piece[:] = os.getrandom(len(piece))
