@@ -41,7 +41,8 @@ GUEST_COMMAND = (
     "echo GUEST-${p##*/} | dd of=/dev/$d bs=512 seek=4096 conv=fsync 2>/dev/null; done; "
     "for r in $(cat /sys/class/misc/hw_random/rng_available); do "
     "echo $r > /sys/class/misc/hw_random/rng_current; "
-    "echo rng $r $(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c); done"
+    "echo rng $r $(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c); done; "
+    "grep 'PCIe PME' /proc/interrupts | tr -s ' '"
 )
 
 
@@ -115,6 +116,16 @@ def outcome(result, machine: str, images: dict[str, str]) -> dict[str, tuple]:
             works = driver == "virtio_rng" and rngs_work
         cells[name] = (pci["driver"], driver, interface, works)
     assert set(by_bdf.values()) == set(cells)
+    # The PCIe ports themselves (q35): their own BARs (QEMU's root port has an MSI-X BAR0)
+    # and how the guest's port driver gets its PME interrupt: "PCI-MSIX-<bdf>" through
+    # that BAR, or "IO-APIC" (INTx).
+    ports = [d for d in report["pci"] if d["class"] == "0x060400"]
+    cells["ports"] = tuple(
+        (d["bdf"], tuple((b["index"], b["size"], b["type"]) for b in d["bars"] if b["index"] < 13))
+        for d in ports
+    )
+    pme = [ln.split()[2] for ln in lines if ln.endswith("PCIe PME") or "PCIe PME," in ln]
+    cells["port interrupts"] = tuple(sorted(pme))
     return cells
 
 
@@ -152,7 +163,13 @@ def test_each_cell_behaves_as_under_qemu(image, runner, tmp_path, machine, guest
     qemu = run_cell(image, runner, tmp_path / "qemu", "qemu", machine, guest_name)
     pcivm = run_cell(image, runner, tmp_path / "pcivm", "pcivm", machine, guest_name)
     assert pcivm == qemu, f"pcivm {pcivm}\nQEMU  {qemu}"
+    if machine == "q35":
+        assert pcivm["ports"] and all(bars for _, bars in pcivm["ports"]), pcivm["ports"]
+        assert len(pcivm["port interrupts"]) == len(pcivm["ports"]), pcivm["port interrupts"]
+        assert all(i.startswith("PCI-MSIX-") for i in pcivm["port interrupts"])
     for name, (pci_driver, driver, interface, works) in pcivm.items():
+        if name in ("ports", "port interrupts"):
+            continue
         expected = EXPECTED[guest_name][name[3:]]
         assert interface == expected, (name, pcivm[name])
         if expected is None:

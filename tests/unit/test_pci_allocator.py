@@ -480,8 +480,9 @@ def test_32bit_memory_exhaustion_leaves_the_last_bars_unassigned():
     layout = AddressLayout("q35", Q35.io, Window(0xFE000000, 0xFEBFFFFF), Q35.mem64)  # 12 MiB
     root, ports, devices = q35_with_ports(8, {0: "mem32:2M"})
     plan = allocate(root, layout)
-    # Each port's mem window is 2 MiB: six fit in 12 MiB.
-    assert [f.name for f, _ in plan.unassigned()] == ["td7", "td8"]
+    # Each port's mem window is 2 MiB and each port has a 4 KiB MSI-X BAR of its own on
+    # the root bus: the eight BARs and five windows fit in 12 MiB, a sixth window does not.
+    assert [f.name for f, _ in plan.unassigned()] == ["td6", "td7", "td8"]
     assert any(w.startswith("32-bit MMIO space exhausted") for w in plan.warnings)
     # A port left without its 32-bit memory window still forwards its prefetchable one.
     assert ports[7].mem_window() is None and ports[7].pref_window() is not None

@@ -425,3 +425,25 @@ def test_msi_hostile_config_writes_never_raise_or_deliver_while_masked(writes, v
     for offset, size, value in writes:
         function.write_config(offset, size, value)
         msi.notify(vector % 8)
+
+
+def test_a_root_port_carries_qemus_msix_bar_and_the_guest_can_program_it():
+    from pcivm.pci.topology_devices import PcieRootPort
+
+    port = PcieRootPort("rp1", chassis=1, slot=1)
+    # Found through the capability list, as a guest finds it.
+    caps, at = [], port.read_config(R.PCI_CAPABILITY_LIST, 1)
+    while at:
+        caps.append(port.read_config(at, 1))
+        at = port.read_config(at + 1, 1)
+    assert R.PCI_CAP_ID_MSIX in caps and R.PCI_CAP_ID_EXP in caps
+    # BAR0 sizes as 4 KiB of 32-bit, non-prefetchable memory.
+    port.write_config(R.PCI_BASE_ADDRESS_0, 4, 0xFFFFFFFF)
+    assert port.read_config(R.PCI_BASE_ADDRESS_0, 4) == 0xFFFFF000
+    changes = []
+    port.msix.on_vector_change = lambda *change: changes.append(change)
+    port.msix.sink = sink = RecordingSink()
+    program(port.msix.bar_handler(0), 0, MSI_ADDR, 0x41)
+    set_msix_control(port, port.msix, enable=True)
+    assert changes[-1] == (0, MSI_ADDR, 0x41, False)
+    assert port.msix.notify(0) and sink.sent == [(MSI_ADDR, 0x41)]

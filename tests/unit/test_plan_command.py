@@ -58,7 +58,10 @@ def test_plan_json_matches_the_probe_report_fields(capsys):
         "0x00",
     )
     windows = {b["index"]: b for b in port["bars"]}
-    assert set(windows) == {13, 14, 15}
+    assert set(windows) == {0, 13, 14, 15}
+    # BAR0: the port's own MSI-X table and PBA, 4 KiB of 32-bit memory as in QEMU.
+    assert windows[0]["type"] == "mem" and windows[0]["size"] == "0x1000"
+    assert not windows[0]["prefetch"] and not windows[0]["mem64"]
     assert windows[13]["type"] == "io" and windows[13]["size"] == "0x1000"
     assert windows[15]["prefetch"] and windows[15]["mem64"]
     dev = entries["0000:01:00.0"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pcivm.pci import regs as R
 from pcivm.pci.bridge import PciBridge, Reserve
 from pcivm.pci.express import add_express_capability
-from pcivm.pci.function import PciFunction
+from pcivm.pci.function import MEM, Bar, PciFunction
+from pcivm.pci.msix import MsixCapability, exclusive_bar_layout
 
 
 class I440fxHost(PciFunction):
@@ -39,6 +40,9 @@ class Ich9Lpc(PciFunction):
         self.set_multifunction(True)
 
 
+ROOT_PORT_MSIX_VECTORS = 1  # GEN_PCIE_ROOT_PORT_MSIX_NR_VECTOR in QEMU
+
+
 class PcieRootPort(PciBridge):
     """QEMU's generic `pcie-root-port` (1b36:000c)."""
 
@@ -51,6 +55,12 @@ class PcieRootPort(PciBridge):
         self.chassis = chassis
         self.physical_slot = slot
         self.reserve = reserve or Reserve()
+        # As QEMU's: one MSI-X vector (for the port's own events: PME, hot-plug, AER) in a
+        # 4 KiB memory BAR0 of its own. Linux's port driver takes it for its services.
+        size, table, pba = exclusive_bar_layout(ROOT_PORT_MSIX_VECTORS)
+        bar = self.add_bar(Bar(0, MEM, size, name="msix"))
+        self.msix = MsixCapability(self, ROOT_PORT_MSIX_VECTORS, 0, table, 0, pba)
+        bar.handler = self.msix.bar_handler(0)
         add_express_capability(self.config, R.PCI_EXP_TYPE_ROOT_PORT, slot_number=slot)
 
 
