@@ -74,3 +74,63 @@ def test_submit_after_shutdown_is_refused():
     workers.shutdown()
     with pytest.raises(RuntimeError):
         workers.submit(1)
+
+
+def test_run_split_returns_every_part_in_order():
+    results = []
+    workers = WorkerThreads(3, "t", lambda job: results.append(workers.run_split(job, [1, 2, 3])))
+    workers.submit(lambda part: part * 10)
+    workers.shutdown()
+    assert results == [[10, 20, 30]]
+
+
+def test_run_split_spreads_parts_over_idle_workers():
+    met = threading.Barrier(2, timeout=5)  # the first two parts meet only if they run at once
+    workers = WorkerThreads(2, "t", lambda job: job())
+    out, finished = [], threading.Event()
+
+    def job():
+        out.append(workers.run_split(lambda part: (met.wait(), part)[1], "ab"))
+        finished.set()
+
+    workers.submit(job)
+    assert finished.wait(10)  # before shutdown: parts are not offered once it begins
+    workers.shutdown()
+    assert out == [["a", "b"]]
+
+
+def test_run_split_from_the_only_worker_does_every_part_itself():
+    threads = set()
+
+    def part(n):
+        threads.add(threading.current_thread().name)
+        return n
+
+    out = []
+    workers = WorkerThreads(1, "t", lambda job: out.append(workers.run_split(part, [1, 2, 3, 4])))
+    workers.submit(None)
+    workers.shutdown()
+    assert out == [[1, 2, 3, 4]] and threads == {"t-0"}
+
+
+def test_run_split_raises_a_parts_error_after_all_parts_ran():
+    ran = []
+
+    def part(n):
+        ran.append(n)
+        if n == 2:
+            raise OSError(5, "EIO")
+        return n
+
+    errors = []
+
+    def job(_):
+        try:
+            workers.run_split(part, [1, 2, 3])
+        except OSError as error:
+            errors.append(error.errno)
+
+    workers = WorkerThreads(2, "t", job)
+    workers.submit(None)
+    workers.shutdown()
+    assert errors == [5] and sorted(ran) == [1, 2, 3]
