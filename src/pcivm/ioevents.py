@@ -92,7 +92,7 @@ class IoEventWorker:
                 device = self._function.device
                 if queue is not None and device is not None:
                     try:
-                        device.notify(queue)
+                        device.notify(queue, on_kick_thread=True)
                     except Exception:  # a device bug must not end the worker silently
                         log.exception("%s: queue %d failed", self._function.name, queue)
 

@@ -168,9 +168,10 @@ def test_each_cell_behaves_as_under_qemu(image, runner, tmp_path, machine, guest
         assert len(pcivm["port interrupts"]) == len(pcivm["ports"]), pcivm["port interrupts"]
         # Linux 6.1 names the chip of MSI and MSI-X vectors alike: "PCI-MSI".
         assert all(i.startswith("PCI-MSI") for i in pcivm["port interrupts"]), pcivm
-    for name, (pci_driver, driver, interface, works) in pcivm.items():
+    for name, cell in pcivm.items():
         if name in ("ports", "port interrupts"):
             continue
+        pci_driver, driver, interface, works = cell
         expected = EXPECTED[guest_name][name[3:]]
         assert interface == expected, (name, pcivm[name])
         if expected is None:

@@ -615,3 +615,36 @@ def test_large_requests_split_over_workers_move_every_byte(memory, image, cache)
     tail = drv.read(SECTORS - 1024, 2048, split=8192)
     assert tail.status == VIRTIO_BLK_S_IOERR
     device.close()
+
+
+def test_a_kick_thread_does_the_first_request_itself_and_hands_on_the_rest(memory, image):
+    device, drv = start(memory, image, workers=2)
+    threads, read = [], device.backend.preadv
+
+    def recording_read(views, offset):
+        threads.append((offset, threading.current_thread().name))
+        return read(views, offset)
+
+    device.backend.preadv = recording_read
+    q = drv.driver.queues[0]
+    requests = [
+        drv.driver.submit(
+            0, [struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], kick=False
+        )
+        for i in range(3)
+    ]
+    assert q.kicks == 0
+    kicker = threading.Thread(target=device.notify, args=(0,), kwargs={"on_kick_thread": True},
+                              name="kicks")  # fmt: skip
+    kicker.start()
+    kicker.join(5)
+    for request in requests:
+        assert drv.result(request).status == VIRTIO_BLK_S_OK
+    by_offset = dict(threads)
+    assert by_offset[0] == "kicks"
+    assert by_offset[4096] != "kicks" and by_offset[8192] != "kicks"
+    # A kick from any other thread (a vCPU's, without an ioeventfd) blocks on nothing.
+    threads.clear()
+    drv.read(0, 8)
+    assert [name for _, name in threads] != [threading.current_thread().name]
+    device.close()

@@ -278,16 +278,18 @@ class VirtioDevice:
             except VirtqueueError as error:
                 self.device_error(str(error), index)
 
-    def notify(self, index: int) -> None:
-        """The driver kicked queue `index` (a value the guest chose: checked)."""
+    def notify(self, index: int, *, on_kick_thread: bool = False) -> None:
+        """The driver kicked queue `index` (a value the guest chose: checked).
+        `on_kick_thread`: the caller is a thread that only serves this device's kicks
+        (not a vCPU), so the device may do blocking work on it."""
         if 0 <= index < len(self.queues):
-            self.process_queue(index)
+            self.process_queue(index, on_kick_thread=on_kick_thread)
         else:
             log.debug("%s: notify for queue %d that does not exist", self.label, index)
 
-    def process_queue(self, index: int) -> None:
+    def process_queue(self, index: int, *, on_kick_thread: bool = False) -> None:
         """Handle what is available on queue `index`. Callable from any thread; never
-        raises for anything the guest did."""
+        raises for anything the guest did. `on_kick_thread`: as for `notify`."""
         with self.lock:
             queue = self.queues[index]
             if not self.driver_ok or not queue.active:
