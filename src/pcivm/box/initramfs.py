@@ -26,9 +26,14 @@ fail() {{
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
-# Huge pages only when free ones are at hand: compaction on demand stalled the box's
-# kernel for minutes after a series of VM boots (a soft lockup on a 2-core host).
-echo never >/sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null
+# Huge pages only where a program asks for them (QEMU does for guest RAM) and only when
+# free ones are at hand: compaction on demand stalled the box's kernel for minutes after
+# a series of VM boots (a soft lockup on a 2-core host), and khugepaged, collapsing any
+# process's memory, hung in D state for minutes while a pcivm VM ran (bench/blk.py).
+t=/sys/kernel/mm/transparent_hugepage
+echo madvise >$t/enabled 2>/dev/null
+echo never >$t/defrag 2>/dev/null
+echo 0 >$t/khugepaged/defrag 2>/dev/null
 for module in {modules}; do
     $bb insmod "/lib/modules/$module" || fail "cannot load $module"
 done
