@@ -147,6 +147,10 @@ def build_platform(
     plan = allocate(topology.root, layout, host=host)
     # Devices with a backend (virtio) come to life on guest RAM; `pcivm plan` never does this.
     for function in topology.functions():
+        for kind in ("msix", "msi"):  # a port's own interrupts (PME, hot-plug) leave here
+            capability = getattr(function, kind, None)
+            if capability is not None and capability.sink is None:
+                capability.sink = irqs
         realize = getattr(function, "realize", None)
         if realize is not None:
             realize(memory, irqs)

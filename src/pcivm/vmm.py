@@ -150,11 +150,12 @@ class Vmm:
         self._msi = MsiRouter(vm)
         platform = build_platform(spec, KvmIrqLines(vm, self._msi), self, serial.write)
         self.platform = platform
-        # Each MSI-X vector the guest unmasks gets a GSI route and an irqfd.
+        # Each MSI or MSI-X vector the guest unmasks gets a GSI route and an irqfd.
         for function in platform.topology.functions():
-            msix = getattr(function, "msix", None)
-            if msix is not None:
-                msix.on_vector_change = self._msi.listener(function)
+            for kind in ("msix", "msi"):
+                capability = getattr(function, kind, None)
+                if capability is not None:
+                    capability.on_vector_change = self._msi.listener(capability)
         # Queue kicks go to worker threads through ioeventfds, never the vCPU thread.
         for function in platform.topology.functions():
             if hasattr(function, "notify_addresses"):

@@ -447,3 +447,23 @@ def test_a_root_port_carries_qemus_msix_bar_and_the_guest_can_program_it():
     set_msix_control(port, port.msix, enable=True)
     assert changes[-1] == (0, MSI_ADDR, 0x41, False)
     assert port.msix.notify(0) and sink.sent == [(MSI_ADDR, 0x41)]
+
+
+@pytest.mark.parametrize("port_type", ["upstream", "downstream"])
+def test_switch_ports_carry_qemus_msi_capability(port_type):
+    from pcivm.pci.topology_devices import X3130Upstream, Xio3130Downstream
+
+    port = X3130Upstream("up") if port_type == "upstream" else Xio3130Downstream("down", 1, 1)
+    msi = port.msi
+    flags = port.read_config(msi.offset + 2, 2)
+    assert flags & 0x0080 and not flags & 0x0100  # 64-bit address, no per-vector mask
+    assert (flags >> 1) & 0x7 == 0  # one vector
+    changes = []
+    msi.on_vector_change = lambda *change: changes.append(change)
+    msi.sink = sink = RecordingSink()
+    port.write_config(msi.offset + 4, 4, MSI_ADDR)
+    port.write_config(msi.offset + 8, 4, 0)
+    port.write_config(msi.offset + 12, 2, 0x4071)
+    port.write_config(msi.offset + 2, 2, 0x0001)  # enable
+    assert changes[-1] == (0, MSI_ADDR, 0x4071, False)
+    assert msi.notify(0) and sink.sent == [(MSI_ADDR, 0x4071)]

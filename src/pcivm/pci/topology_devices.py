@@ -7,6 +7,7 @@ from pcivm.pci import regs as R
 from pcivm.pci.bridge import PciBridge, Reserve
 from pcivm.pci.express import add_express_capability
 from pcivm.pci.function import MEM, Bar, PciFunction
+from pcivm.pci.msi import MsiCapability
 from pcivm.pci.msix import MsixCapability, exclusive_bar_layout
 
 
@@ -64,6 +65,10 @@ class PcieRootPort(PciBridge):
         add_express_capability(self.config, R.PCI_EXP_TYPE_ROOT_PORT, slot_number=slot)
 
 
+# Both ports of QEMU's XIO3130 switch: one MSI vector, 64-bit address, no per-vector mask.
+XIO3130_MSI = {"vectors": 1, "addr64": True, "per_vector_mask": False}
+
+
 class X3130Upstream(PciBridge):
     """The upstream port of a TI XIO3130 switch (`x3130-upstream`, 104c:8232)."""
 
@@ -71,6 +76,7 @@ class X3130Upstream(PciBridge):
 
     def __init__(self, name: str):
         super().__init__(name, R.PCI_VENDOR_ID_TI, 0x8232, revision=0x02, express=True)
+        self.msi = MsiCapability(self, **XIO3130_MSI)
         add_express_capability(self.config, R.PCI_EXP_TYPE_UPSTREAM)
 
 
@@ -87,6 +93,7 @@ class Xio3130Downstream(PciBridge):
         )
         self.chassis = chassis
         self.physical_slot = slot
+        self.msi = MsiCapability(self, **XIO3130_MSI)
         add_express_capability(
             self.config, R.PCI_EXP_TYPE_DOWNSTREAM, port_number=port, slot_number=slot
         )
