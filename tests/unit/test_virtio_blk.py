@@ -595,28 +595,6 @@ def test_transfer_stops_at_end_of_file():
     assert _transfer(eof_after_10, -1, [memoryview(bytearray(64))], 0) == 10
 
 
-@pytest.mark.parametrize("cache", ["writeback", "none"])
-def test_large_requests_split_over_workers_move_every_byte(memory, image, cache):
-    from pcivm.virtio import blk as blk_module
-
-    device, drv = start(memory, image, cache=cache, workers=4)
-    device._split_ways = 4  # whatever this host's CPU count
-    data = os.urandom(1 << 20)
-    assert len(data) // blk_module.SPLIT_BYTES >= 4
-    assert drv.write(8, data, split=8192).status == VIRTIO_BLK_S_OK
-    assert image_bytes(image, 8 * 512, len(data)) == data
-    offsets, read = [], device.backend.preadv
-    device.backend.preadv = lambda views, offset: offsets.append(offset) or read(views, offset)
-    result = drv.read(8, len(data) // 512, split=4096, indirect=True)
-    assert result.status == VIRTIO_BLK_S_OK and result.data == data
-    # Four parts of 256 KiB, cut at the 4 KiB buffers' edges.
-    assert sorted(offsets) == [8 * 512 + i * (256 << 10) for i in range(4)]
-    # A split read that runs past the end of the disk: an error, no partial success.
-    tail = drv.read(SECTORS - 1024, 2048, split=8192)
-    assert tail.status == VIRTIO_BLK_S_IOERR
-    device.close()
-
-
 def test_a_kick_thread_does_the_first_request_itself_and_hands_on_the_rest(memory, image):
     device, drv = start(memory, image, workers=2)
     threads, read = [], device.backend.preadv

@@ -11,7 +11,7 @@ memoryviews of guest RAM. Requests run on a small set of worker threads (workers
 preadv/pwritev release the GIL, so several requests are in flight at once and complete
 in whatever order the host finishes them; the used ring is written under the device
 lock. The thread that takes a kick (ioevents.py) does the first request of the batch
-itself; a request of 512 KiB or more is cut into parts that idle workers move at once.
+itself.
 `workers=0` runs each request inline on the notifying thread (deterministic, for tests).
 Measured on a 2-CPU host with the test driver, 120 cached 64 KiB reads in flight: 4
 workers serve about 1.5 times what inline I/O does, 8 workers little more; with O_DIRECT
@@ -350,8 +350,6 @@ _SEGMENT = struct.Struct("<QII")  # le64 sector, le32 num_sectors, le32 flags
 DEFAULT_QUEUE_SIZE = 256
 MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB per segment, QEMU's default
 MAX_DISCARD_SEGMENTS = 32
-# A read or write of at least twice this is split among idle I/O workers (see _transfer_split).
-SPLIT_BYTES = 256 << 10
 
 
 @dataclass(slots=True)
@@ -417,8 +415,6 @@ class VirtioBlk(VirtioDevice):
         )  # fmt: skip
         super().__init__(memory, [queue_size], features=features, config=config, label=label)
         self._workers = WorkerThreads(workers, f"{self.label}-io", self._run) if workers else None
-        # More parts than CPUs would only take turns.
-        self._split_ways = min(workers, os.cpu_count() or 1)
         self._epoch = 0
         self._in_flight = 0
         self._idle = threading.Condition(self.lock)
@@ -516,7 +512,7 @@ class VirtioBlk(VirtioDevice):
         if not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
         views = request.chain.writable_views(0, length)
-        if self._transfer(self.backend.preadv, views, request.sector * SECTOR, length) != length:
+        if self.backend.preadv(views, request.sector * SECTOR) != length:
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, length
 
@@ -525,30 +521,9 @@ class VirtioBlk(VirtioDevice):
         if self.backend.read_only or not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
         views = request.chain.readable_views(_HEADER.size)
-        if self._transfer(self.backend.pwritev, views, request.sector * SECTOR, length) != length:
+        if self.backend.pwritev(views, request.sector * SECTOR) != length:
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, 0
-
-    def _transfer(self, call, views: list[memoryview], offset: int, length: int) -> int:
-        """`call` (the backend's preadv or pwritev) over the views: a large request in
-        parts on several workers at once. With one request in flight (a guest's
-        `dd iflag=direct`), a 1 MiB read from the host's page cache is a 1 MiB copy on one
-        CPU; in parts it is spread over idle CPUs. The parts are cut at buffer edges, so
-        each keeps the alignment O_DIRECT needs. Bytes done: a part that falls short makes
-        the total short, which the caller reports as an I/O error."""
-        ways = min(self._split_ways, length // SPLIT_BYTES)
-        if ways < 2 or self._workers is None:
-            return call(views, offset)
-        parts, part, part_start, done = [], [], offset, 0
-        for view in views:
-            part.append(view)
-            done += len(view)
-            if done >= length * (len(parts) + 1) // ways and len(parts) < ways - 1:
-                parts.append((part, part_start))
-                part, part_start = [], offset + done
-        if part:
-            parts.append((part, part_start))
-        return sum(self._workers.run_split(lambda p: call(*p), parts))
 
     def _discard_or_zero(self, request: _Request) -> tuple[int, int]:
         zeroing = request.kind == VIRTIO_BLK_T_WRITE_ZEROES
