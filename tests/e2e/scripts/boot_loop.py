@@ -8,6 +8,7 @@ is captured, the VM stopped, and the last console lines kept for the report.
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -29,15 +30,29 @@ def main() -> int:
         console = outdir / f"boot{i}.log"
         vmm = Vmm(replace(spec, serial=SerialSpec("file", console)))
         hang = {}
+        returned = threading.Event()
 
-        def watchdog(vmm=vmm, hang=hang):
+        def watchdog(vmm=vmm, hang=hang, i=i, console=console, returned=returned):
             hang["state"] = vmm.state_report()
             vmm.stop(HANG_STATUS, "hung")
+            # A VM stuck while being built (a read or an ioctl that does not return) never
+            # sees the stop: report the boot and end the process rather than hang the test.
+            if returned.wait(30):
+                return
+            text = console.read_text(errors="replace") if console.exists() else ""
+            stuck = {"status": HANG_STATUS, "seconds": None, "report_end": False,
+                     "state": hang["state"] + " (did not stop within 30 s)",
+                     "console_tail": text.splitlines()[-15:]}  # fmt: skip
+            print(json.dumps(stuck), flush=True)
+            print(f"boot {i} did not stop", file=sys.stderr, flush=True)
+            os._exit(1)
 
         timer = threading.Timer(timeout, watchdog)
+        timer.daemon = True
         timer.start()
         started = time.monotonic()
         status = vmm.run()
+        returned.set()
         timer.cancel()
         text = console.read_text(errors="replace")
         boots.append(
