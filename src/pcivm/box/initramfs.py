@@ -26,15 +26,9 @@ fail() {{
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
-# Transparent huge pages only where a program asks for them (QEMU does for guest RAM,
-# and gets them when it faults the RAM in), and no collapsing behind a running VM's back:
-# khugepaged sat in D state for minutes while a pcivm VM ran and everything else in the
-# box waited, and with huge pages left to khugepaged the reference QEMU's guest died or
-# hung in bench/blk.py (4 of 6 boots). pcivm asks for none (memory.py).
-t=/sys/kernel/mm/transparent_hugepage
-echo madvise >$t/enabled 2>/dev/null
-echo madvise >$t/defrag 2>/dev/null
-echo 86400000 >$t/khugepaged/scan_sleep_millisecs 2>/dev/null
+# Huge pages only when free ones are at hand: compaction on demand stalled the box's
+# kernel for minutes after a series of VM boots (a soft lockup on a 2-core host).
+echo never >/sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null
 for module in {modules}; do
     $bb insmod "/lib/modules/$module" || fail "cannot load $module"
 done
