@@ -116,8 +116,16 @@ class SerialBackend:
             self._saved_tty = None
 
     def close(self) -> None:
+        if self._stop_pipe_w < 0:
+            return
         os.write(self._stop_pipe_w, b"x")
         self.restore_terminal()
         if self._owns_fd and self._out_fd is not None:
             os.close(self._out_fd)
             self._out_fd = None
+        # The reader sees the byte and ends; then its pipe can go (a process that runs VMs
+        # one after another kept two descriptors per VM before).
+        if self._reader is None or (self._reader.join(2) or not self._reader.is_alive()):
+            os.close(self._stop_pipe_r)
+            os.close(self._stop_pipe_w)
+            self._stop_pipe_r = self._stop_pipe_w = -1

@@ -7,6 +7,7 @@ its own console file; a boot that outlives TIMEOUT_S is a hang: the VMM's interr
 is captured, the VM stopped, and the last console lines kept for the report.
 """
 
+import faulthandler
 import json
 import os
 import sys
@@ -50,10 +51,13 @@ def main() -> int:
         timer = threading.Timer(timeout, watchdog)
         timer.daemon = True
         timer.start()
+        # Last resort, from C and without the GIL: every thread's stack, then exit.
+        faulthandler.dump_traceback_later(timeout + 60, exit=True)
         started = time.monotonic()
         status = vmm.run()
         returned.set()
         timer.cancel()
+        faulthandler.cancel_dump_traceback_later()
         text = console.read_text(errors="replace")
         boots.append(
             {
