@@ -125,7 +125,10 @@ class SerialBackend:
             self._out_fd = None
         # The reader sees the byte and ends; then its pipe can go (a process that runs VMs
         # one after another kept two descriptors per VM before).
-        if self._reader is None or (self._reader.join(2) or not self._reader.is_alive()):
-            os.close(self._stop_pipe_r)
-            os.close(self._stop_pipe_w)
-            self._stop_pipe_r = self._stop_pipe_w = -1
+        if self._reader is not None:
+            self._reader.join(2)
+            if self._reader.is_alive():
+                return  # still selecting on the pipe: leave it be
+        os.close(self._stop_pipe_r)
+        os.close(self._stop_pipe_w)
+        self._stop_pipe_r = self._stop_pipe_w = -1

@@ -14,6 +14,7 @@ from pcivm.memory import E820Entry, E820Type, GiB, GuestMemory
 from pcivm.pci.allocator import Plan, allocate
 from pcivm.pci.host import CONF1_ADDRESS_PORT, CONF1_PORTS, Conf1, Ecam, PciHost
 from pcivm.pci.layout import AddressLayout, machine_layout
+from pcivm.pci.msix import message_capabilities
 from pcivm.pci.topology import Topology, build_topology
 from pcivm.platform.acpi.pci import ecam_motherboard_resource, pci_host_bridge
 from pcivm.platform.acpi.tables import (
@@ -147,9 +148,8 @@ def build_platform(
     plan = allocate(topology.root, layout, host=host)
     # Devices with a backend (virtio) come to life on guest RAM; `pcivm plan` never does this.
     for function in topology.functions():
-        for kind in ("msix", "msi"):  # a port's own interrupts (PME, hot-plug) leave here
-            capability = getattr(function, kind, None)
-            if capability is not None and capability.sink is None:
+        for capability in message_capabilities(function):
+            if capability.sink is None:  # a port's own interrupts (PME, hot-plug) leave here
                 capability.sink = irqs
         realize = getattr(function, "realize", None)
         if realize is not None:

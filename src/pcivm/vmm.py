@@ -26,6 +26,7 @@ from pcivm.kvm import numbers as N
 from pcivm.kvm.api import Kvm, KvmUnavailable, Vcpu, VirtualMachine
 from pcivm.machine import POST_PORT, Platform, build_platform, e820_reserved
 from pcivm.msi_routes import MsiRouter
+from pcivm.pci.msix import message_capabilities
 from pcivm.spec import VmSpec
 
 log = logging.getLogger(__name__)
@@ -152,10 +153,8 @@ class Vmm:
         self.platform = platform
         # Each MSI or MSI-X vector the guest unmasks gets a GSI route and an irqfd.
         for function in platform.topology.functions():
-            for kind in ("msix", "msi"):
-                capability = getattr(function, kind, None)
-                if capability is not None:
-                    capability.on_vector_change = self._msi.listener(capability)
+            for capability in message_capabilities(function):
+                capability.on_vector_change = self._msi.listener(capability)
         # Queue kicks go to worker threads through ioeventfds, never the vCPU thread.
         for function in platform.topology.functions():
             if hasattr(function, "notify_addresses"):

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pcivm.pci.function import MEM
+from pcivm.pci.function import MEM, Bar
 from pcivm.pci.msi import MsiSink, VectorListener, watch_config
 from pcivm.pci.regs import PCI_CAP_ID_MSIX
 
@@ -307,3 +307,20 @@ def _read_bytes(data: bytes | bytearray, offset: int, size: int) -> int:
         if 0 <= at < len(data):
             out |= data[at] << (8 * i)
     return out
+
+
+def add_exclusive_msix(function: PciFunction, bar_index: int, vectors: int) -> MsixCapability:
+    """Give `function` an MSI-X capability whose table and PBA fill memory BAR
+    `bar_index` of their own (`exclusive_bar_layout`), as QEMU's msix_init_exclusive_bar
+    does for virtio devices and root ports."""
+    size, table, pba = exclusive_bar_layout(vectors)
+    bar = function.add_bar(Bar(bar_index, MEM, size, name="msix"))
+    msix = MsixCapability(function, vectors, bar_index, table, bar_index, pba)
+    bar.handler = msix.bar_handler(bar_index)
+    return msix
+
+
+def message_capabilities(function: PciFunction) -> list:
+    """The MSI-X and MSI capabilities `function` has (as its `msix` and `msi`)."""
+    found = (getattr(function, "msix", None), getattr(function, "msi", None))
+    return [capability for capability in found if capability is not None]

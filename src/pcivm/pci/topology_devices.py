@@ -6,9 +6,9 @@ from __future__ import annotations
 from pcivm.pci import regs as R
 from pcivm.pci.bridge import PciBridge, Reserve
 from pcivm.pci.express import add_express_capability
-from pcivm.pci.function import MEM, Bar, PciFunction
+from pcivm.pci.function import PciFunction
 from pcivm.pci.msi import MsiCapability
-from pcivm.pci.msix import MsixCapability, exclusive_bar_layout
+from pcivm.pci.msix import add_exclusive_msix
 
 
 class I440fxHost(PciFunction):
@@ -58,10 +58,7 @@ class PcieRootPort(PciBridge):
         self.reserve = reserve or Reserve()
         # As QEMU's: one MSI-X vector (for the port's own events: PME, hot-plug, AER) in a
         # 4 KiB memory BAR0 of its own. Linux's port driver takes it for its services.
-        size, table, pba = exclusive_bar_layout(ROOT_PORT_MSIX_VECTORS)
-        bar = self.add_bar(Bar(0, MEM, size, name="msix"))
-        self.msix = MsixCapability(self, ROOT_PORT_MSIX_VECTORS, 0, table, 0, pba)
-        bar.handler = self.msix.bar_handler(0)
+        self.msix = add_exclusive_msix(self, 0, ROOT_PORT_MSIX_VECTORS)
         add_express_capability(self.config, R.PCI_EXP_TYPE_ROOT_PORT, slot_number=slot)
 
 

@@ -11,11 +11,11 @@ memoryviews of guest RAM. Requests run on a small set of worker threads (workers
 preadv/pwritev release the GIL, so several requests are in flight at once and complete
 in whatever order the host finishes them; the used ring is written under the device
 lock. The thread that takes a kick (ioevents.py) does the first request of the batch
-itself.
-`workers=0` runs each request inline on the notifying thread (deterministic, for tests).
-Measured on a 2-CPU host with the test driver, 120 cached 64 KiB reads in flight: 4
-workers serve about 1.5 times what inline I/O does, 8 workers little more; with O_DIRECT
-the pool mostly pays for itself by keeping the notify path free of blocking I/O.
+itself. `workers=0` runs each request inline on the notifying thread (deterministic, for
+tests). Measured on a 2-CPU host with the test driver, 120 cached 64 KiB reads in
+flight: 4 workers serve about 1.5 times what inline I/O does, 8 workers little more;
+with O_DIRECT the pool mostly pays for itself by keeping the notify path free of
+blocking I/O.
 """
 
 from __future__ import annotations
@@ -418,22 +418,24 @@ class VirtioBlk(VirtioDevice):
         self._epoch = 0
         self._in_flight = 0
         self._idle = threading.Condition(self.lock)
-        self._kept = threading.local()  # the request a kicking thread keeps for itself
+        # While a kick thread drains the queue (under the lock): where the request it
+        # keeps for itself goes.
+        self._kept: list[_Request] | None = None
         self._reported_io_error = False
 
     # -- requests --
 
     def process_queue(self, index: int, *, on_kick_thread: bool = False) -> None:
-        kept = self._kept
-        kept.allowed, kept.request = on_kick_thread, None
-        try:
-            super().process_queue(index)
-        finally:
-            kept.allowed = False
+        kept: list[_Request] = []
+        with self.lock:
+            self._kept = kept if on_kick_thread else None
+            try:
+                super().process_queue(index)
+            finally:
+                self._kept = None
         # The first request of the batch, kept back by _start: done here, on the thread
         # that took the kick, now that the device lock is released.
-        if kept.request is not None:
-            request, kept.request = kept.request, None
+        for request in kept:
             self._run(request)
 
     def handle_queue(self, queue: SplitQueue) -> None:
@@ -452,9 +454,8 @@ class VirtioBlk(VirtioDevice):
         # to the workers: a lone request (what a guest with a few reads in flight mostly
         # makes) costs no hand-off between threads, several still run at once. While it
         # runs, further kicks wait in their eventfd, for one request's time at most.
-        kept = self._kept
-        if getattr(kept, "allowed", False) and kept.request is None:
-            kept.request = request
+        if self._kept is not None and not self._kept:
+            self._kept.append(request)
         else:
             self._workers.submit(request)
 

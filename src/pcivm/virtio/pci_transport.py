@@ -17,7 +17,7 @@ from pcivm.memory import GuestMemory
 from pcivm.pci import regs as R
 from pcivm.pci.express import add_express_capability
 from pcivm.pci.function import IO, MEM, Bar, PciFunction
-from pcivm.pci.msix import MsixCapability, exclusive_bar_layout
+from pcivm.pci.msix import add_exclusive_msix
 from pcivm.virtio.constants import (
     PCI_VENDOR_ID_REDHAT_QUMRANET,
     TRANSITIONAL_DEVICE_IDS,
@@ -169,10 +169,7 @@ class VirtioPciFunction(PciFunction):
             self.add_bar(
                 Bar(LEGACY_BAR, IO, max(size, 32), _Region(self.legacy_read, self.legacy_write))
             )
-        msix_size, table, pba = exclusive_bar_layout(vectors)
-        msix_bar = self.add_bar(Bar(MSIX_BAR, MEM, msix_size))
-        self.msix = MsixCapability(self, vectors, MSIX_BAR, table, MSIX_BAR, pba)
-        msix_bar.handler = self.msix.bar_handler(MSIX_BAR)
+        self.msix = add_exclusive_msix(self, MSIX_BAR, vectors)
         if modern:
             self.add_bar(Bar(MODERN_BAR, MEM, MODERN_BAR_SIZE, _Bar4(self), prefetch=True,
                              mem64=True))  # fmt: skip

@@ -296,7 +296,7 @@ class SplitQueue:
         chain = DescriptorChain(head)
         readable, writable = chain.readable, chain.writable
         rviews, wviews = chain._rviews, chain._wviews
-        view, unpack = self.memory.view, _DESC.unpack_from
+        unpack = _DESC.unpack_from
         table, table_len = self._desc_view, self.size
         index, count, total, written = head, 0, 0, 0
         in_indirect = False
@@ -329,10 +329,7 @@ class SplitQueue:
             if total > MAX_CHAIN_BYTES:
                 raise self._chain_error(head, "more than 4 GiB in total")
             if length:
-                try:
-                    buffer = view(addr, length)
-                except GuestMemoryError:
-                    buffer = self._buffer(head, addr, length)  # raises the queue's error
+                buffer = self._buffer(head, addr, length)
                 if flags & VIRTQ_DESC_F_WRITE:
                     writable.append((addr, length))
                     wviews.append(buffer)
