@@ -47,3 +47,46 @@ def test_missing_apt_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(GuestImageError, match="apt-cache: not found"):
         debs.candidate_records(["busybox-static"])
+
+
+HEADERS_SHOW = """\
+Package: linux-headers-6.1.0-56-cloud-amd64
+Version: 6.1.192-2
+Depends: linux-headers-6.1.0-56-common (= 6.1.192-2), linux-kbuild-6.1 (>= 6.1.192-2), \
+linux-compiler-gcc-12-x86
+"""
+
+
+def test_parse_depends_keeps_relations_and_first_alternatives():
+    assert debs.parse_depends("a (= 1.0-2), b (>= 2:3) | c, d:any, e") == [
+        ("a", "=", "1.0-2"),
+        ("b", ">=", "2:3"),
+        ("d", None, None),
+        ("e", None, None),
+    ]
+
+
+def test_headers_take_exact_common_and_any_newer_kbuild(monkeypatch):
+    # The archive keeps only the newest linux-kbuild: the headers' own version may be gone.
+    def fake_run(argv, cwd=None):
+        if argv[:2] == ["apt-cache", "show"]:
+            return HEADERS_SHOW
+        assert argv[:2] == ["apt-cache", "policy"]
+        return f"{argv[2]}:\n  Installed: (none)\n  Candidate: 6.1.192-3\n"
+
+    monkeypatch.setattr(debs, "_run", fake_run)
+    chosen = debs.dependency_versions(
+        "linux-headers-6.1.0-56-cloud-amd64", "6.1.192-2", ("linux-headers-", "linux-kbuild-")
+    )
+    assert chosen == {"linux-headers-6.1.0-56-common": "6.1.192-2", "linux-kbuild-6.1": "6.1.192-3"}
+
+
+def test_a_candidate_too_old_for_the_relation_is_an_error(monkeypatch):
+    def fake_run(argv, cwd=None):
+        if argv[:2] == ["apt-cache", "show"]:
+            return HEADERS_SHOW
+        return "x:\n  Candidate: 6.1.176-1\n"
+
+    monkeypatch.setattr(debs, "_run", fake_run)
+    with pytest.raises(GuestImageError, match=r"linux-kbuild-6.1 \(>= 6.1.192-2\).*6.1.176-1"):
+        debs.dependency_versions("linux-headers-x", "6.1.192-2", ("linux-kbuild-",))

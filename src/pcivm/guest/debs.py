@@ -68,10 +68,49 @@ def pinned_dependency(fields: dict[str, str], prefix: str) -> tuple[str, str]:
     raise GuestImageError(f"{fields.get('Package', '?')} has no pinned dependency on {prefix}*")
 
 
-def dependencies(package: str) -> list[str]:
-    """Names of the packages `package` depends on (first alternative of each entry)."""
-    out = _run(["apt-cache", "depends", package])
-    return re.findall(r"^\s*\|?Depends:\s*(\S+)", out, re.M)
+def parse_depends(field: str) -> list[tuple[str, str | None, str | None]]:
+    """`a (= 1), b (>= 2) | c` -> [("a", "=", "1"), ("b", ">=", "2")]: the first
+    alternative of each entry, with its version relation if it has one."""
+    entries = []
+    for entry in field.split(","):
+        first = entry.split("|")[0].strip()
+        match = re.fullmatch(r"(\S+?)(?::\S+)?\s*(?:\(\s*([<>=]+)\s*([^)\s]+)\s*\))?", first)
+        if match:
+            entries.append((match.group(1), match.group(2), match.group(3)))
+    return entries
+
+
+def version_satisfies(version: str, relation: str, wanted: str) -> bool:
+    """dpkg's own comparison (`>=`, `<<`, ...) of two Debian versions."""
+    op = {">=": "ge", "<=": "le", ">>": "gt", "<<": "lt", "=": "eq", ">": "ge", "<": "le"}
+    proc = subprocess.run(
+        ["dpkg", "--compare-versions", version, op[relation], wanted], check=False
+    )
+    return proc.returncode == 0
+
+
+def dependency_versions(package: str, version: str, prefixes: tuple[str, ...]) -> dict[str, str]:
+    """The dependencies of `package` at `version` named `prefix...`, each with the version
+    to fetch: the pinned one for `(= v)`, else the candidate, checked against the relation.
+
+    A kernel's headers pin their -common headers exactly but take any newer linux-kbuild,
+    and the archive keeps only the newest kbuild: the pinned version may be gone."""
+    out = _run(["apt-cache", "show", f"{package}={version}"])
+    fields = dict(re.findall(r"^([\w-]+):[ \t]*(.*)$", out.split("\n\n")[0], re.M))
+    chosen = {}
+    for name, relation, wanted in parse_depends(fields.get("Depends", "")):
+        if not name.startswith(prefixes):
+            continue
+        if relation == "=":
+            chosen[name] = wanted
+            continue
+        candidate = candidate_version(name)
+        if relation and not version_satisfies(candidate, relation, wanted):
+            raise GuestImageError(
+                f"{package} {version} needs {name} ({relation} {wanted}); apt offers {candidate}"
+            )
+        chosen[name] = candidate
+    return chosen
 
 
 def kernel_package() -> str:

@@ -71,13 +71,10 @@ def fetch_headers(release: str, version: str, root: Path) -> None:
     """Unpack linux-headers-<release> and the packages it needs (the -common headers,
     linux-kbuild) into one private root: their symlinks are relative to that root."""
     package = f"linux-headers-{release}"
-    wanted = [package] + [
-        dep
-        for dep in debs.dependencies(package)
-        if dep.startswith(("linux-headers-", "linux-kbuild-"))
-    ]
-    for name in wanted:
-        debs.extract(debs.download(name, debs_dir(), version), root)
+    wanted = {package: version}
+    wanted.update(debs.dependency_versions(package, version, ("linux-headers-", "linux-kbuild-")))
+    for name, name_version in wanted.items():
+        debs.extract(debs.download(name, debs_dir(), name_version), root)
 
 
 def headers_dir(root: Path, release: str) -> Path:
