@@ -11,8 +11,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # qemu-system-x86: the box (TCG with emulated SVM) and the reference VMM; qemu-utils: images;
 # gcc, make: the old guest's virtio_pci.ko; xz-utils: linux-source; kmod: depmod/modinfo;
 # lz4: unpacks the kernel for the ELF vmlinux; busybox-static: unit tests of the guest /init;
-# python3-venv: the project's venv.
-DEBIAN_PACKAGES := qemu-system-x86 qemu-utils gcc make xz-utils lz4 kmod cpio busybox-static python3-venv
+# python3-venv: the project's venv; acpica-tools: iasl cross-checks the ACPI tables.
+DEBIAN_PACKAGES := qemu-system-x86 qemu-utils gcc make xz-utils lz4 kmod cpio busybox-static python3-venv \
+	acpica-tools
 
 .PHONY: all deps venv test unit e2e demo lint clean
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import operator
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -82,6 +83,11 @@ class GuestMemory:
         # (first guest address, end, offset into the mapping) per region: `view` runs for
         # every descriptor and buffer a device touches, so it avoids attribute lookups.
         self._spans = tuple((r.guest_phys_addr, r.end, r.offset) for r in self.regions)
+        # The same with a view of each region, indexed by region-relative address: `views`.
+        self._region_views = tuple(
+            (r.guest_phys_addr, r.end, self._view[r.offset : r.offset + r.size])
+            for r in self.regions
+        )
 
     def host_address(self, region: RamRegion) -> int:
         return self.host_addr + region.offset - self.regions[0].offset
@@ -96,6 +102,22 @@ class GuestMemory:
                 start = offset + gpa - first
                 return self._view[start : start + length]
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+
+    def views(self, addrs: list[int], lengths: list[int]) -> list[memoryview] | None:
+        """Views of many ranges at once, when they all lie inside one RAM region (the
+        common case, checked in bulk); None otherwise, and then `view` must judge each.
+        A virtio-blk request carries hundreds of buffers: this makes their views in C."""
+        if not addrs:
+            return []
+        ends = list(map(operator.add, addrs, lengths))
+        low, high = min(addrs), max(ends)
+        for first, last, ram in self._region_views:
+            if first <= low and high <= last:
+                if first:
+                    addrs = [a - first for a in addrs]
+                    ends = [e - first for e in ends]
+                return list(map(ram.__getitem__, map(slice, addrs, ends)))
+        return None
 
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))
@@ -141,6 +163,8 @@ class GuestMemory:
         """Give guest RAM back to the host. A view a device still holds would keep the
         mapping open: its pages are released all the same (MADV_DONTNEED), so a process
         that runs VMs one after another does not grow by a guest's RAM each time."""
+        for _first, _last, ram in self._region_views:
+            ram.release()
         self._view.release()
         try:
             self._map.close()

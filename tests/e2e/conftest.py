@@ -18,7 +18,7 @@ from pcivm.box import BoxStartError, host_kvm_kind, start_runner
 from pcivm.box.qemu import MachineConfig, find_qemu
 
 E2E_DIR = Path(__file__).parent
-CONSOLE_TAIL_LINES = 20
+CONSOLE_TAIL_LINES = 80
 
 _session_box = None  # the running box, for failure reports
 

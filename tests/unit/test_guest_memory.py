@@ -46,3 +46,17 @@ def test_integer_accessors_are_little_endian():
     assert memory.read(0x1000, 4) == b"\x44\x33\x22\x11"
     memory.write_u64(0x2000, 2**64 - 2)
     assert memory.read_u64(0x2000) == 2**64 - 2
+
+
+def test_views_in_bulk_stay_in_one_region_or_give_up():
+    memory = GuestMemory(8 * MiB, lowmem_limit=4 * MiB)  # 4 MiB low, 4 MiB at 4 GiB
+    memory.write(0x1000, b"abcd")
+    memory.write(FOUR_GIB + 0x10, b"wxyz")
+    low = memory.views([0x1000, 0x1002], [2, 2])
+    assert [bytes(v) for v in low] == [b"ab", b"cd"]
+    high = memory.views([FOUR_GIB + 0x10], [4])
+    assert [bytes(v) for v in high] == [b"wxyz"]
+    assert memory.views([], []) == []
+    assert memory.views([0x1000, FOUR_GIB], [4, 4]) is None  # two regions: judged one by one
+    assert memory.views([4 * MiB - 2], [4]) is None  # runs past the end of low RAM
+    assert memory.views([FOUR_GIB + 4 * MiB - 2], [4]) is None

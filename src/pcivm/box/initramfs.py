@@ -41,6 +41,9 @@ $bb mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /host/dev/pts
 $bb mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 # /run holds the host's sockets and pid files, which mean nothing in the box.
 [ -d /host/run ] && $bb mount -t tmpfs -o mode=755 tmpfs /host/run
+# From here on the console shows the kernel's informational lines too: the stacks of
+# hung tasks and soft lockups (printed at KERN_INFO) are what a stuck box leaves behind.
+echo 7 >/proc/sys/kernel/printk
 [ -e /dev/kvm ] || echo "pcivm-box-init: no /dev/kvm (is SVM missing from the CPU?)" >/dev/console
 exec $bb chroot /host {python} -E -s -S {agent}
 """

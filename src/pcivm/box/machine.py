@@ -102,6 +102,7 @@ class TcgMachine:
             fs_socket,
             control_socket,
             self.config,
+            monitor_socket=workdir / "monitor.sock",
         )
         log.debug("starting %s", " ".join(argv))
         self.qemu = start_helper(argv, workdir / "qemu.log")

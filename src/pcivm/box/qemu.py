@@ -46,6 +46,9 @@ def kernel_cmdline() -> str:
             "loglevel=4",
             # The box has no disk and needs no entropy wait; the CPU's RDRAND is enough.
             "random.trust_cpu=on",
+            # Addresses a stuck box shows through its monitor (`info registers -a`) then
+            # match the kernel package's System.map.
+            "nokaslr",
         ]
     )
 
@@ -81,6 +84,7 @@ def qemu_argv(
     fs_socket: Path,
     control_socket: Path,
     config: MachineConfig,
+    monitor_socket: Path | None = None,
 ) -> list[str]:
     memory = f"{config.memory_mib}M"
     return [
@@ -122,7 +126,7 @@ def qemu_argv(
         f"socket,id=ctl,path={control_socket},server=on,wait=off",
         "-device",
         f"virtserialport,chardev=ctl,name={CONTROL_PORT_NAME}",
-    ]
+    ] + (["-monitor", f"unix:{monitor_socket},server=on,wait=off"] if monitor_socket else [])
 
 
 def find_qemu(config: MachineConfig) -> str | None:
