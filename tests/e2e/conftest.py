@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pcivm.box import BoxStartError, host_kvm_kind, start_runner
+from pcivm.box.machine import STUCK_REPORT
 from pcivm.box.qemu import MachineConfig, find_qemu
 
 E2E_DIR = Path(__file__).parent
@@ -81,3 +82,6 @@ def pytest_runtest_makereport(item, call):
         if log is not None and log.exists():
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-CONSOLE_TAIL_LINES:])
             report.sections.append(("box console", f"{log}\n{tail}"))
+            stuck = log.with_name(STUCK_REPORT)
+            if stuck.exists():
+                report.sections.append(("stuck box", stuck.read_text(errors="replace")))

@@ -2,6 +2,7 @@
 
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_the_initramfs_holds_busybox_modules_and_init(kernel, tmp_path):
     entries = {
         name: (mode, data)
         for name, mode, data in read_newc(
-            build_initramfs(kernel, busybox, "/opt/python/bin/python3")
+            build_initramfs(kernel, busybox, "/opt/python/bin/python3", Path("/tmp/b x/syms"))
         )
     }
     assert entries["bin/busybox"] == (stat.S_IFREG | 0o755, b"busybox binary")
@@ -84,6 +85,9 @@ def test_the_initramfs_holds_busybox_modules_and_init(kernel, tmp_path):
     assert f"chroot /host /opt/python/bin/python3 -E -s -S {AGENT_SCRIPT.resolve()}" in init
     for mount in ("proc proc /host/proc", "sysfs sysfs /host/sys", "devtmpfs devtmpfs /host/dev"):
         assert mount in init
+    # The kernel's symbols go to the host path asked for, in the background, before the agent.
+    copy = "grep -i ' t ' /proc/kallsyms >'/host/tmp/b x/syms') &"
+    assert init.index("mount -t virtiofs") < init.index(copy) < init.index("chroot /host")
 
 
 def test_the_kernel_check_names_what_is_missing(tmp_path):

@@ -44,6 +44,9 @@ $bb mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 # From here on the console shows the kernel's informational lines too: the stacks of
 # hung tasks and soft lockups (printed at KERN_INFO) are what a stuck box leaves behind.
 echo 7 >/proc/sys/kernel/printk
+# The kernel's text symbols, for naming where the CPUs of a box that stops answering are
+# (Debian's System.map is a stub); copied beside the box's logs while the agent starts.
+{symbols_line}
 [ -e /dev/kvm ] || echo "pcivm-box-init: no /dev/kvm (is SVM missing from the CPU?)" >/dev/console
 exec $bb chroot /host {python} -E -s -S {agent}
 """
@@ -54,17 +57,25 @@ def _file_name(module_path: str) -> str:
     return Path(module_path).name.removesuffix(".xz")
 
 
-def init_script(modules: list[str], python: str, agent: Path) -> str:
+def init_script(modules: list[str], python: str, agent: Path, symbols: Path | None = None) -> str:
+    symbols_line = ":"
+    if symbols is not None:
+        target = shlex.quote(f"/host{symbols}")
+        symbols_line = f"($bb grep -i ' t ' /proc/kallsyms >{target}) &"
     return INIT_TEMPLATE.format(
         modules=" ".join(shlex.quote(_file_name(m)) for m in modules),
         tag=FS_TAG,
         python=shlex.quote(python),
         agent=shlex.quote(str(agent)),
+        symbols_line=symbols_line,
     )
 
 
-def build_initramfs(kernel: BoxKernel, busybox: Path, python: str) -> bytes:
-    """The archive for `kernel`; `python` is the host interpreter that runs the agent."""
+def build_initramfs(
+    kernel: BoxKernel, busybox: Path, python: str, symbols: Path | None = None
+) -> bytes:
+    """The archive for `kernel`; `python` is the host interpreter that runs the agent,
+    `symbols` a host path where the box writes its kernel's text symbols."""
     deps = parse_modules_dep((kernel.modules_dir / "modules.dep").read_text())
     modules = load_order(deps, BOX_MODULES)
     cpio = CpioWriter()
@@ -77,5 +88,6 @@ def build_initramfs(kernel: BoxKernel, busybox: Path, python: str) -> bytes:
     cpio.symlink("bin/sh", "busybox")
     for path in modules:
         cpio.file(f"lib/modules/{_file_name(path)}", module_bytes(kernel.modules_dir, path))
-    cpio.file("init", init_script(modules, python, AGENT_SCRIPT.resolve()).encode(), mode=0o755)
+    script = init_script(modules, python, AGENT_SCRIPT.resolve(), symbols)
+    cpio.file("init", script.encode(), mode=0o755)
     return cpio.getvalue()

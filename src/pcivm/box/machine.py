@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from pcivm.box.busybox import find_busybox
+from pcivm.box.diagnose import describe
 from pcivm.box.errors import BoxDiedError, BoxSetupError, BoxStartError
 from pcivm.box.initramfs import build_initramfs
 from pcivm.box.kernel import BoxKernel
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 180.0  # TCG on a busy two-core host can be slow; normally 5-7 s
 SOCKET_WAIT_S = 10.0
 KEEP_ENV = "PCIVM_BOX_KEEP"
+STUCK_REPORT = "stuck.txt"  # what diagnose.describe saw of a box that stopped answering
+KERNEL_SYMBOLS = "kallsyms"  # the box kernel's text symbols, written by its /init
 
 
 def require_tools(config: MachineConfig) -> tuple[str, str]:
@@ -62,10 +65,12 @@ class TcgMachine:
         self.session: Session | None = None
         self.info: dict = {}
         self.failed = False
+        self.kept_dir: Path | None = None  # the scratch directory, when kept at close
 
     @property
     def console_log(self) -> Path | None:
-        return self.workdir / "console.log" if self.workdir else None
+        directory = self.workdir or self.kept_dir
+        return directory / "console.log" if directory else None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         qemu, virtiofsd = require_tools(self.config)
@@ -87,7 +92,9 @@ class TcgMachine:
     def _start(self, qemu: str, virtiofsd: str, busybox: Path, timeout: float) -> None:
         workdir = self.workdir
         initrd = workdir / "initramfs.cpio"
-        initrd.write_bytes(build_initramfs(self.kernel, busybox, self.python))
+        initrd.write_bytes(
+            build_initramfs(self.kernel, busybox, self.python, workdir / KERNEL_SYMBOLS)
+        )
         fs_socket = workdir / "fs.sock"
         control_socket = workdir / "control.sock"
         self.virtiofsd = start_helper(
@@ -152,7 +159,15 @@ class TcgMachine:
 
     def died_error(self, reason: str) -> BoxDiedError:
         self.failed = True
-        return BoxDiedError(f"the box failed: {reason}", tail(self.console_log), str(self.workdir))
+        details = tail(self.console_log)
+        if self.alive() and self.workdir is not None:
+            # The agent stopped answering but QEMU runs: say where the box's CPUs are.
+            stuck = describe(
+                self.workdir / "monitor.sock", self.qemu.pid, self.workdir / KERNEL_SYMBOLS
+            )
+            (self.workdir / STUCK_REPORT).write_text(stuck + "\n")
+            details = f"{details}\n{stuck}" if details else stuck
+        return BoxDiedError(f"the box failed: {reason}", details, str(self.workdir))
 
     def close(self) -> None:
         if self.session is not None:
@@ -167,6 +182,7 @@ class TcgMachine:
             keep = self.failed or os.environ.get(KEEP_ENV)
             if keep:
                 log.warning("box logs kept in %s", self.workdir)
+                self.kept_dir = self.workdir
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         self.qemu = self.virtiofsd = None

@@ -46,9 +46,6 @@ def kernel_cmdline() -> str:
             "loglevel=4",
             # The box has no disk and needs no entropy wait; the CPU's RDRAND is enough.
             "random.trust_cpu=on",
-            # Addresses a stuck box shows through its monitor (`info registers -a`) then
-            # match the kernel package's System.map.
-            "nokaslr",
         ]
     )
 
