@@ -158,26 +158,24 @@ class DescriptorChain:
 
 
 def _views(views: list[memoryview], total: int, skip: int, limit: int | None) -> list[memoryview]:
-    if limit is None or skip + limit >= total:
-        if not skip:
-            return list(views)
-        limit = None
-    out = []
-    remaining = limit
-    for view in views:
-        length = len(view)
-        if skip >= length:
-            skip -= length
-            continue
-        if remaining is not None:
-            if remaining <= 0:
-                break
-            if length - skip > remaining:
-                out.append(view[skip : skip + remaining])
-                break
-            remaining -= length - skip
-        out.append(view[skip:] if skip else view)
-        skip = 0
+    # Trimmed from both ends, so the cost is the number of buffers cut, not of buffers:
+    # a 1 MiB read is 256 data buffers between a header and a status byte.
+    end = total if limit is None else min(total, skip + max(limit, 0))
+    if skip >= end:
+        return []
+    first, last = 0, len(views)
+    while skip >= len(views[first]):
+        skip -= len(views[first])
+        first += 1
+    cut = total - end  # bytes to drop from the back
+    while cut and cut >= len(views[last - 1]):
+        cut -= len(views[last - 1])
+        last -= 1
+    out = views[first:last]
+    if cut:
+        out[-1] = out[-1][: len(out[-1]) - cut]
+    if skip:
+        out[0] = out[0][skip:]
     return out
 
 
