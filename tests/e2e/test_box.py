@@ -55,6 +55,16 @@ def test_the_box_has_hardware_assisted_kvm(box):
     assert box.run_capture(["test", "-c", "/dev/kvm"], timeout=60)[0] == 0
 
 
+def test_the_tcg_box_holds_one_vm_for_its_whole_life(box):
+    # So that no command's VM moves KVM's static keys across zero (docs/box.md).
+    if box.kind != "tcg":
+        return  # nothing to hold on a hardware host: commands run there directly
+    assert box.machine.info["kvm_held"]
+    script = "for f in /proc/[0-9]*/fd/*; do readlink $f; done 2>/dev/null | grep -c kvm-vcpu"
+    status, out, _ = box.run_capture(["sh", "-c", script], timeout=60)
+    assert status == 0 and int(out) == 1
+
+
 def test_a_missing_command_gives_127(box):
     status, out, err = box.run_capture(["no-such-command-anywhere"], timeout=60)
     assert (status, out) == (127, b"")

@@ -52,6 +52,39 @@ def power_off() -> None:
     os._exit(1)
 
 
+# linux/kvm.h: _IO(KVMIO, n) with KVMIO 0xAE.
+KVM_CREATE_VM = 0xAE01
+KVM_CREATE_VCPU = 0xAE41
+KVM_CREATE_IRQCHIP = 0xAE60
+
+
+def hold_kvm_steady() -> list[int]:
+    """Create a VM with an irqchip and one vCPU that never runs, and keep it for the box's
+    life; the descriptors are returned (and never closed).
+
+    KVM flips static keys as the first VM comes and the last goes: the preempt notifiers
+    patched into the scheduler's context switch (kvm_create_vm/kvm_destroy_vm), the
+    LAPIC's software-disabled key (kvm_create_lapic, until the guest enables its APIC).
+    Each flip rewrites live kernel text with int3 breakpoints (text_poke_bp), and under
+    QEMU's TCG a CPU was seen keep executing that int3 after the text had been restored:
+    both box CPUs looped between `__schedule` and `exc_int3` and the box stopped for good,
+    after a few dozen VMs had come and gone. With one VM held, no VM that a command starts
+    or ends moves those keys across zero, so the box's kernel text stays as it is."""
+    if not os.path.exists("/dev/kvm"):
+        return []
+    fds = []
+    try:
+        kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        fds.append(kvm)
+        vm = fcntl.ioctl(kvm, KVM_CREATE_VM, 0)
+        fds.append(vm)
+        fcntl.ioctl(vm, KVM_CREATE_IRQCHIP, 0)
+        fds.append(fcntl.ioctl(vm, KVM_CREATE_VCPU, 0))
+    except OSError as exc:
+        log(f"cannot hold a VM open ({exc}); the box's KVM may be less steady")
+    return fds
+
+
 def become_init_and_fork() -> None:
     """As PID 1, stay behind reaping zombies; the forked child carries on as the agent."""
     agent = os.fork()
@@ -350,6 +383,7 @@ def spawn_error(request: dict, exc: OSError) -> tuple[int, str]:
 
 
 def serve(port: Port) -> None:
+    held = hold_kvm_steady()
     while True:
         kind, payload = port.next_frame()
         if kind == frames.QUIT:
@@ -357,7 +391,11 @@ def serve(port: Port) -> None:
             return
         if kind == frames.HELLO:
             sync_clock(frames.decode_json(payload).get("time"))
-            info = {"release": os.uname().release, "kvm": os.path.exists("/dev/kvm")}
+            info = {
+                "release": os.uname().release,
+                "kvm": os.path.exists("/dev/kvm"),
+                "kvm_held": len(held) == 3,
+            }
             port.send(frames.encode_json(frames.HELLO, info))
             port.flush_all()
         elif kind == frames.RUN:
