@@ -66,6 +66,9 @@ def main() -> int:
                 "report_end": "===PCIVM-PROBE-END===" in text,
                 "state": hang.get("state"),
                 "console_tail": text.splitlines()[-15:] if hang or status else [],
+                # What the process still holds once the VM is gone: a leak grows these.
+                "open_fds": len(os.listdir("/proc/self/fd")),
+                "threads": threading.active_count(),
             }
         )
         print(json.dumps(boots[-1]), flush=True)
