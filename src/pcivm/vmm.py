@@ -122,10 +122,11 @@ class Vmm:
     def _build(self, serial: SerialBackend) -> tuple[Kvm, VirtualMachine, Platform]:
         spec = self.spec
         kernel = load_kernel_image(spec.kernel)
-        initrd = None
         if spec.initrd is not None:
+            # Checked before anything is built; load_kernel reads it straight into RAM.
             try:
-                initrd = spec.initrd.read_bytes()
+                with open(spec.initrd, "rb") as f:
+                    f.read(1)  # a directory opens, but does not read
             except OSError as exc:
                 raise PcivmError(f"could not load initrd '{spec.initrd}': {exc.strerror}") from None
         for drive in spec.drives:
@@ -169,7 +170,7 @@ class Vmm:
         load_kernel(
             platform.memory,
             kernel,
-            initrd,
+            spec.initrd,
             spec.append,
             acpi_rsdp_addr=platform.acpi.rsdp_addr,
             e820_reserved=e820_reserved(spec),

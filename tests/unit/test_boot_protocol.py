@@ -23,6 +23,7 @@ from pcivm.boot.zero_page import (
     BootLayoutError,
     load_kernel,
 )
+from pcivm.errors import PcivmError
 from pcivm.memory import E820Type, GuestMemory, MiB
 
 
@@ -92,8 +93,13 @@ def test_bzimage_loads_at_preferred_address_and_enters_at_plus_0x200(tmp_path):
     kernel = load_kernel_image(path)
     assert kernel.load_addr == 0x1000000
     assert kernel.entry == 0x1000200
-    assert kernel.segments[0].data == b"\x90" * 4096
-    assert kernel.footprint == 8 * MiB
+    (segment,) = kernel.segments
+    # The protected-mode kernel after the setup sectors, read from the file at load time.
+    assert (segment.file_offset, segment.file_size) == (len(make_bzimage()) - 4096, 4096)
+    assert kernel.footprint == segment.mem_size == 8 * MiB
+    memory = GuestMemory(64 * MiB)
+    load_kernel(memory, kernel, None, "")
+    assert memory.read(0x1000000, 4096) == b"\x90" * 4096
 
 
 def test_elf_vmlinux_segments_load_at_their_physical_addresses(tmp_path):
@@ -117,8 +123,10 @@ def test_zero_page_carries_cmdline_initrd_e820_and_rsdp(tmp_path):
     path = tmp_path / "bz"
     path.write_bytes(make_bzimage())
     memory = GuestMemory(64 * MiB)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"I" * 5000)
     layout = load_kernel(
-        memory, load_kernel_image(path), b"I" * 5000, "console=ttyS0", acpi_rsdp_addr=0xE0000
+        memory, load_kernel_image(path), initrd, "console=ttyS0", acpi_rsdp_addr=0xE0000
     )
     zp = memory.read(ZERO_PAGE_ADDR, 4096)
     assert zp[HDR_TYPE_OF_LOADER] == 0xFF
@@ -139,8 +147,43 @@ def test_zero_page_carries_cmdline_initrd_e820_and_rsdp(tmp_path):
 def test_memory_too_small_for_kernel_and_initrd_is_a_clear_error(tmp_path):
     path = tmp_path / "bz"
     path.write_bytes(make_bzimage(init_size=30 * MiB))
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"x" * (8 * MiB))
     with pytest.raises(BootLayoutError, match="raise -m"):
-        load_kernel(GuestMemory(32 * MiB), load_kernel_image(path), b"x" * (8 * MiB), "")
+        load_kernel(GuestMemory(32 * MiB), load_kernel_image(path), initrd, "")
+
+
+def test_elf_segments_are_read_into_ram_and_their_tail_is_left_zero(tmp_path):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(make_elf())
+    kernel = load_kernel_image(path)
+    memory = GuestMemory(64 * MiB)
+    load_kernel(memory, kernel, None, "")
+    (segment,) = kernel.segments
+    start = segment.phys_addr
+    assert (
+        memory.read(start, segment.file_size)
+        == make_elf()[segment.file_offset :][: segment.file_size]
+    )
+    assert memory.read(start + segment.file_size, segment.mem_size - segment.file_size) == bytes(
+        segment.mem_size - segment.file_size
+    )
+
+
+def test_a_kernel_file_that_shrank_after_parsing_is_an_error(tmp_path):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(make_elf())
+    kernel = load_kernel_image(path)
+    path.write_bytes(make_elf()[:100])
+    with pytest.raises(KernelImageError, match="got shorter"):
+        load_kernel(GuestMemory(64 * MiB), kernel, None, "")
+
+
+def test_a_missing_initrd_names_the_file(tmp_path):
+    path = tmp_path / "bz"
+    path.write_bytes(make_bzimage())
+    with pytest.raises(PcivmError, match="could not load initrd .*nope"):
+        load_kernel(GuestMemory(64 * MiB), load_kernel_image(path), tmp_path / "nope", "")
 
 
 def test_command_line_longer_than_the_kernel_takes_is_refused(tmp_path):

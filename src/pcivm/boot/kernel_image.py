@@ -6,6 +6,7 @@ bzImage; the protected-mode kernel follows the (setup_sects + 1) 512-byte sector
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,20 @@ class SetupHeader:
     raw: bytes  # from 0x1f1 to the end of the header as this kernel defines it
 
 
+# Enough of the file for the setup header or the ELF and program headers: only these are
+# read up front; the kernel proper goes from the file straight into guest RAM.
+HEADER_READ = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Segment:
+    """`file_size` bytes at `file_offset` of the kernel file, loaded at `phys_addr`; the
+    kernel may use `mem_size` bytes from there (the tail is zero, as fresh RAM is)."""
+
     phys_addr: int
-    data: bytes
-    mem_size: int  # bytes to reserve; the tail beyond len(data) is zeroed
+    file_offset: int
+    file_size: int
+    mem_size: int
 
 
 @dataclass(frozen=True)
@@ -102,25 +112,29 @@ def parse_setup_header(image: bytes) -> SetupHeader:
     )
 
 
-def _load_bzimage(path: Path, image: bytes) -> KernelImage:
+def _load_bzimage(path: Path, image: bytes, file_size: int) -> KernelImage:
     setup = parse_setup_header(image)
     if not setup.xloadflags & XLF_KERNEL_64:
         raise KernelImageError("this bzImage has no 64-bit entry point")
-    payload = image[(setup.setup_sects + 1) * 512 :]
+    payload_offset = (setup.setup_sects + 1) * 512
+    if payload_offset >= file_size:
+        raise KernelImageError("no protected-mode kernel after the setup sectors")
+    payload_size = file_size - payload_offset
     # Load at the kernel's preferred address: a relocatable kernel placed there decompresses
     # without first moving itself.
     load_addr = setup.pref_address or 0x100000
+    footprint = max(payload_size, setup.init_size)
     return KernelImage(
         path=path,
         kind="bzImage",
-        segments=[Segment(load_addr, payload, max(len(payload), setup.init_size))],
+        segments=[Segment(load_addr, payload_offset, payload_size, footprint)],
         entry=load_addr + ENTRY_64_OFFSET,
         setup=setup,
-        footprint=max(len(payload), setup.init_size),
+        footprint=footprint,
     )
 
 
-def _load_elf(path: Path, image: bytes) -> KernelImage:
+def _load_elf(path: Path, image: bytes, file_size: int) -> KernelImage:
     if len(image) < 64 or image[4] != 2 or image[5] != 1:
         raise KernelImageError("not a 64-bit little-endian ELF file")
     (e_type, e_machine, _v, e_entry, e_phoff, _sh, _fl, _eh, e_phentsize, e_phnum) = (
@@ -138,9 +152,9 @@ def _load_elf(path: Path, image: bytes) -> KernelImage:
         )
         if p_type != PT_LOAD:
             continue
-        if p_offset + p_filesz > len(image) or p_filesz > p_memsz:
+        if p_offset + p_filesz > file_size or p_filesz > p_memsz:
             raise KernelImageError("ELF segment lies outside the file")
-        segments.append(Segment(p_paddr, image[p_offset : p_offset + p_filesz], p_memsz))
+        segments.append(Segment(p_paddr, p_offset, p_filesz, p_memsz))
     if not segments:
         raise KernelImageError("ELF file has no loadable segments")
     segments.sort(key=lambda s: s.phys_addr)
@@ -150,16 +164,41 @@ def _load_elf(path: Path, image: bytes) -> KernelImage:
     return KernelImage(path, "elf", segments, e_entry, None, end - start)
 
 
+def open_error(path: Path, exc: OSError) -> KernelImageError:
+    if isinstance(exc, FileNotFoundError):
+        return KernelImageError(f"could not open kernel file '{path}': no such file")
+    return KernelImageError(f"could not open kernel file '{path}': {exc.strerror}")
+
+
 def load_kernel_image(path: Path) -> KernelImage:
+    """Parse the kernel file's headers (the rest is read by `read_segment`, into RAM)."""
     try:
-        image = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise KernelImageError(f"could not open kernel file '{path}': no such file") from exc
+        with open(path, "rb") as f:
+            image = f.read(HEADER_READ)
+            file_size = os.fstat(f.fileno()).st_size
     except OSError as exc:
-        raise KernelImageError(f"could not open kernel file '{path}': {exc.strerror}") from exc
+        raise open_error(path, exc) from exc
     try:
         if image[:4] == ELF_MAGIC:
-            return _load_elf(path, image)
-        return _load_bzimage(path, image)
+            return _load_elf(path, image, file_size)
+        return _load_bzimage(path, image, file_size)
     except KernelImageError as exc:
         raise KernelImageError(f"{path}: {exc}") from None
+
+
+def read_file_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from `fd` at `offset` with as few reads as the kernel allows (no copy
+    through a Python buffer); the bytes read, short only at the end of the file."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def read_segment(kernel: KernelImage, segment: Segment, fd: int, view: memoryview) -> None:
+    """Read `segment` of the open kernel file `fd` into `view` (its place in guest RAM)."""
+    if read_file_into(fd, view, segment.file_offset) != segment.file_size:
+        raise KernelImageError(f"{kernel.path}: the file got shorter while it was loaded")

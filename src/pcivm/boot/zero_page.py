@@ -3,10 +3,19 @@ placement of the kernel, its command line and the initramfs in guest RAM."""
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
-from pcivm.boot.kernel_image import HDRS_MAGIC, SETUP_HEADER_OFFSET, KernelImage
+from pcivm.boot.kernel_image import (
+    HDRS_MAGIC,
+    SETUP_HEADER_OFFSET,
+    KernelImage,
+    open_error,
+    read_file_into,
+    read_segment,
+)
 from pcivm.errors import PcivmError
 from pcivm.memory import E820Entry, GuestMemory, MiB
 
@@ -59,25 +68,22 @@ class BootLayout:
 def load_kernel(
     memory: GuestMemory,
     kernel: KernelImage,
-    initrd: bytes | None,
+    initrd: Path | None,
     cmdline: str,
     acpi_rsdp_addr: int | None = None,
     e820_reserved: list[E820Entry] = (),
 ) -> BootLayout:
-    """Write kernel, initramfs, command line and zero page into RAM; return where they went."""
+    """Read the kernel and the initramfs from their files straight into RAM, write the
+    command line and the zero page; return where they went.
+
+    RAM must be fresh (zero): the kernel's memory beyond its file data (bss, room to
+    decompress) is left as it is, untouched pages cost nothing."""
     kernel_end = kernel.load_addr + kernel.footprint
     if kernel_end > memory.lowmem_end():
         raise BootLayoutError(
             f"kernel needs {kernel_end // MiB} MiB of RAM to boot; "
             f"guest has {memory.lowmem_end() // MiB} MiB below 4 GiB (raise -m)"
         )
-    for seg in kernel.segments:
-        memory.write(seg.phys_addr, seg.data)
-        if seg.mem_size > len(seg.data):
-            memory.view(seg.phys_addr + len(seg.data), seg.mem_size - len(seg.data))[:] = bytes(
-                seg.mem_size - len(seg.data)
-            )
-
     cmdline_bytes = cmdline.encode() + b"\0"
     max_cmdline = kernel.setup.cmdline_size + 1 if kernel.setup else CMDLINE_MAX
     if len(cmdline_bytes) > min(max_cmdline, CMDLINE_MAX):
@@ -85,21 +91,39 @@ def load_kernel(
             f"kernel command line is {len(cmdline_bytes) - 1} bytes; "
             f"this kernel takes at most {min(max_cmdline, CMDLINE_MAX) - 1}"
         )
+    try:
+        kernel_fd = os.open(kernel.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise open_error(kernel.path, exc) from None
+    try:
+        for seg in kernel.segments:
+            read_segment(kernel, seg, kernel_fd, memory.view(seg.phys_addr, seg.file_size))
+    finally:
+        os.close(kernel_fd)
     memory.write(CMDLINE_ADDR, cmdline_bytes)
 
     initrd_addr, initrd_size = 0, 0
-    if initrd:
-        initrd_size = len(initrd)
-        limit = memory.lowmem_end()
-        if kernel.setup and kernel.setup.initrd_addr_max:
-            limit = min(limit, kernel.setup.initrd_addr_max + 1)
-        initrd_addr = (limit - initrd_size) & ~(INITRD_ALIGN - 1)
-        if initrd_addr < kernel_end:
-            raise BootLayoutError(
-                f"kernel and initramfs need {(kernel_end + initrd_size) // MiB + 1} MiB "
-                f"of RAM; guest has {memory.lowmem_end() // MiB} MiB (raise -m)"
-            )
-        memory.write(initrd_addr, initrd)
+    if initrd is not None:
+        try:
+            initrd_fd = os.open(initrd, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PcivmError(f"could not load initrd '{initrd}': {exc.strerror}") from None
+        try:
+            initrd_size = os.fstat(initrd_fd).st_size
+            limit = memory.lowmem_end()
+            if kernel.setup and kernel.setup.initrd_addr_max:
+                limit = min(limit, kernel.setup.initrd_addr_max + 1)
+            initrd_addr = (limit - initrd_size) & ~(INITRD_ALIGN - 1)
+            if initrd_addr < kernel_end:
+                raise BootLayoutError(
+                    f"kernel and initramfs need {(kernel_end + initrd_size) // MiB + 1} MiB "
+                    f"of RAM; guest has {memory.lowmem_end() // MiB} MiB (raise -m)"
+                )
+            view = memory.view(initrd_addr, initrd_size)
+            if read_file_into(initrd_fd, view, 0) != initrd_size:
+                raise PcivmError(f"could not load initrd '{initrd}': it got shorter")
+        finally:
+            os.close(initrd_fd)
 
     zero_page = build_zero_page(
         kernel,
