@@ -60,3 +60,27 @@ def test_views_in_bulk_stay_in_one_region_or_give_up():
     assert memory.views([0x1000, FOUR_GIB], [4, 4]) is None  # two regions: judged one by one
     assert memory.views([4 * MiB - 2], [4]) is None  # runs past the end of low RAM
     assert memory.views([FOUR_GIB + 4 * MiB - 2], [4]) is None
+
+
+def _vm_flags(addr: int) -> list[str]:
+    """The kernel's VmFlags of this process's mapping that holds `addr` (proc(5))."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split()[0]
+            if "-" in first and ":" not in first:
+                start, end = (int(x, 16) for x in first.split("-"))
+                inside = start <= addr < end
+            elif inside and first == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def test_ram_is_2_mib_aligned_asks_for_huge_pages_and_stays_out_of_forks():
+    # KVM maps guest RAM with 2 MiB pages only where host and guest addresses are both
+    # 2 MiB-aligned and the host memory is a huge page: that is what cuts nested faults.
+    memory = GuestMemory(8 * MiB)
+    assert memory.host_addr % (2 * MiB) == 0
+    flags = _vm_flags(memory.host_addr)
+    assert "hg" in flags and "dc" in flags  # MADV_HUGEPAGE, MADV_DONTFORK
+    memory.close()
