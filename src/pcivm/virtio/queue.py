@@ -47,6 +47,10 @@ MAX_CHAIN_BYTES = 1 << 32
 # An indirect table is addressed by 16-bit next fields: more entries are unreachable.
 MAX_INDIRECT_ENTRIES = 1 << 16
 _NEXT_WRITE = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE
+# From this many entries on an indirect table is checked in bulk (measured natively: a
+# 3-entry table, a 4 KiB read, walks in 2.6 us one by one and 4.4 us in bulk; at 16
+# entries bulk wins, 7.7 against 9.4 us; at 258, 69 against 143 us).
+BULK_TABLE_MIN = 12
 
 _fence = threading.Lock()
 
@@ -334,7 +338,11 @@ class SplitQueue:
                     raise self._chain_error(head, f"indirect table of {length:#x} bytes")
                 # 2.7.5.3.2: the chain may be direct descriptors then one indirect table.
                 table = self._buffer(head, addr, length)
-                if count == 1 and self._take_linear_table(chain, table):
+                if (
+                    count == 1
+                    and length >= BULK_TABLE_MIN * VIRTQ_DESC_SIZE
+                    and self._take_linear_table(chain, table)
+                ):
                     return chain
                 table_len = length // VIRTQ_DESC_SIZE
                 index, count, in_indirect = 0, 0, True
