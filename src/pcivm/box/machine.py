@@ -114,15 +114,30 @@ class TcgMachine:
         log.debug("starting %s", " ".join(argv))
         self.qemu = start_helper(argv, workdir / "qemu.log")
         self._wait_for_socket(control_socket, self.qemu, "QEMU", workdir / "qemu.log")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.connect(str(control_socket))
-        self.session = Session(sock)
+        self.session = Session(self._connect(control_socket, workdir / "qemu.log"))
         try:
             self.info = self.session.hello(timeout, alive=self.alive)
         except SessionClosed:
             raise self._start_error("the box did not come up") from None
         if not self.info.get("kvm"):
             raise self._start_error("the box came up without /dev/kvm")
+
+    def _connect(self, path: Path, log_path: Path) -> socket.socket:
+        """Connect to QEMU's control socket. Its file appears when QEMU binds it, a moment
+        before QEMU listens: a refusal in between is retried, not a failure."""
+        deadline = time.monotonic() + SOCKET_WAIT_S
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(str(path))
+                return sock
+            except ConnectionRefusedError:
+                sock.close()
+                if self.qemu.poll() is not None or time.monotonic() > deadline:
+                    raise BoxStartError(
+                        f"QEMU did not accept connections on {path}", tail(log_path)
+                    ) from None
+                time.sleep(0.01)
 
     def _wait_for_socket(self, path: Path, proc: subprocess.Popen, name: str, log_path: Path):
         deadline = time.monotonic() + SOCKET_WAIT_S
