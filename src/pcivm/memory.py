@@ -25,7 +25,7 @@ FOUR_GIB = 4 * GiB
 # Guest RAM is mapped 2 MiB-aligned but kept off transparent huge pages. With them a boot
 # took 61 nested page faults instead of ~28,000 and ran 15% faster in the box, but the one
 # -smp 4 boot of the test suite then saw an application processor triple-fault (1 of 5
-# runs; never without them): under QEMU's TCG the nested guest's freshly written AP
+# runs; not seen without them): under QEMU's TCG the nested guest's freshly written AP
 # trampoline behind a 2 MiB mapping is a suspect, not proven. Until that is understood,
 # 4 KiB pages (docs/performance.md).
 HUGE_PAGE = 2 * MiB
