@@ -79,10 +79,9 @@ class GuestMemory:
         self.regions = [RamRegion(0, low, start)]
         if size > low:
             self.regions.append(RamRegion(FOUR_GIB, size - low, start + low))
-        # (first guest address, end, offset into the mapping) per region: `view` runs for
-        # every descriptor and buffer a device touches, so it avoids attribute lookups.
-        self._spans = tuple((r.guest_phys_addr, r.end, r.offset) for r in self.regions)
-        # The same with a view of each region, indexed by region-relative address: `views`.
+        # (first guest address, end, a view of the region indexed from 0) per region:
+        # `view` and `views` run for every descriptor and buffer a device touches, so they
+        # avoid attribute lookups.
         self._region_views = tuple(
             (r.guest_phys_addr, r.end, self._view[r.offset : r.offset + r.size])
             for r in self.regions
@@ -96,10 +95,9 @@ class GuestMemory:
         if length < 0 or gpa < 0:
             raise GuestMemoryError(f"bad guest range {gpa:#x}+{length:#x}")
         end = gpa + length
-        for first, last, offset in self._spans:
+        for first, last, ram in self._region_views:
             if first <= gpa and end <= last:
-                start = offset + gpa - first
-                return self._view[start : start + length]
+                return ram[gpa - first : end - first]
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
 
     def views(self, addrs: list[int], lengths: list[int]) -> list[memoryview] | None:
