@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pcivm.boot.cpuid import vcpu_cpuid
 from pcivm.boot.kernel_image import load_kernel_image
 from pcivm.boot.x86_entry import set_entry_state, write_boot_tables
-from pcivm.boot.zero_page import ZERO_PAGE_ADDR, load_kernel
+from pcivm.boot.zero_page import ZERO_PAGE_ADDR, load_kernel, open_initrd
 from pcivm.console import SerialBackend
 from pcivm.errors import HostError, PcivmError
 from pcivm.ioevents import IoEventWorker
@@ -124,11 +124,7 @@ class Vmm:
         kernel = load_kernel_image(spec.kernel)
         if spec.initrd is not None:
             # Checked before anything is built; load_kernel reads it straight into RAM.
-            try:
-                with open(spec.initrd, "rb") as f:
-                    f.read(1)  # a directory opens, but does not read
-            except OSError as exc:
-                raise PcivmError(f"could not load initrd '{spec.initrd}': {exc.strerror}") from None
+            os.close(open_initrd(spec.initrd))
         for drive in spec.drives:
             # Before anything else is built: a drive that cannot be opened is one line.
             mode = os.R_OK if drive.read_only else os.R_OK | os.W_OK

@@ -186,6 +186,13 @@ def test_a_missing_initrd_names_the_file(tmp_path):
         load_kernel(GuestMemory(64 * MiB), load_kernel_image(path), tmp_path / "nope", "")
 
 
+def test_a_directory_as_initrd_is_a_one_line_error(tmp_path):
+    path = tmp_path / "bz"
+    path.write_bytes(make_bzimage())
+    with pytest.raises(PcivmError, match="could not load initrd .*Is a directory"):
+        load_kernel(GuestMemory(64 * MiB), load_kernel_image(path), tmp_path, "")
+
+
 def test_command_line_longer_than_the_kernel_takes_is_refused(tmp_path):
     path = tmp_path / "bz"
     path.write_bytes(make_bzimage())

@@ -4,6 +4,7 @@ placement of the kernel, its command line and the initramfs in guest RAM."""
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,18 @@ class BootLayout:
     initrd_size: int
 
 
+def open_initrd(path: Path) -> int:
+    """A read-only descriptor of the initramfs file, or the one-line error naming it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PcivmError(f"could not load initrd '{path}': {exc.strerror}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)  # a directory opens, but does not read
+        raise PcivmError(f"could not load initrd '{path}': Is a directory")
+    return fd
+
+
 def load_kernel(
     memory: GuestMemory,
     kernel: KernelImage,
@@ -104,10 +117,7 @@ def load_kernel(
 
     initrd_addr, initrd_size = 0, 0
     if initrd is not None:
-        try:
-            initrd_fd = os.open(initrd, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise PcivmError(f"could not load initrd '{initrd}': {exc.strerror}") from None
+        initrd_fd = open_initrd(initrd)
         try:
             initrd_size = os.fstat(initrd_fd).st_size
             limit = memory.lowmem_end()
