@@ -131,14 +131,18 @@ class GuestMemory:
     def read_u64(self, gpa: int) -> int:
         return struct.unpack_from("<Q", self.view(gpa, 8))[0]
 
+    # One store of the field's width (little-endian, as x86 is), so that a vCPU reading
+    # the field meanwhile sees the old value or the new one: struct.pack_into would clear
+    # the destination first and let it see zero.
+
     def write_u16(self, gpa: int, value: int) -> None:
-        struct.pack_into("<H", self.view(gpa, 2), 0, value)
+        self.view(gpa, 2).cast("H")[0] = value
 
     def write_u32(self, gpa: int, value: int) -> None:
-        struct.pack_into("<I", self.view(gpa, 4), 0, value)
+        self.view(gpa, 4).cast("I")[0] = value
 
     def write_u64(self, gpa: int, value: int) -> None:
-        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+        self.view(gpa, 8).cast("Q")[0] = value
 
     def lowmem_end(self) -> int:
         return self.regions[0].end

@@ -17,6 +17,13 @@ holds in the other direction for the used ring: we write the element, then the i
 load passing an earlier store, matters where we publish something and then read what the
 driver asked for (used idx then used_event, avail_event then avail idx): there
 `_full_barrier` issues a locked instruction, as the kernel's virtio_mb would.
+
+Every ring field the driver reads while we write it (used idx, used flags, avail_event,
+a used element) is stored with one store of its own width, through a memoryview cast to
+16- or 32-bit items: `struct.pack_into` is not usable for that, because it clears the
+whole destination before writing the value, and a driver on another CPU can read that
+zero (a used index that jumps back, an avail_event of 0 that tells it not to kick). The
+casts are native-endian; the rings are little-endian, as x86 is.
 """
 
 from __future__ import annotations
@@ -40,8 +47,6 @@ from pcivm.virtio.constants import (
 )
 
 _DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
 # 2.7.5.2: a chain is at most 2^32 bytes long in total (used.len is a le32).
 MAX_CHAIN_BYTES = 1 << 32
 # An indirect table is addressed by 16-bit next fields: more entries are unreachable.
@@ -214,8 +219,10 @@ class SplitQueue:
         self._signalled_used_valid = False
         self._used_since_signal = 0
         self._notify_enabled = True
-        # Views of the rings while the queue is ready (bounds-checked once, by `enable`).
-        self._desc_view = self._avail_view = self._used_view = None
+        # Views of the rings while the queue is ready (bounds-checked once, by `enable`):
+        # the descriptor table as bytes, the rings as 16-bit fields (the used ring's
+        # elements also as 32-bit ones).
+        self._desc_view = self._avail = self._used = self._used_elems = None
 
     # --- configuration, by the transport -------------------------------------------------
 
@@ -269,7 +276,10 @@ class SplitQueue:
                 raise VirtqueueError(
                     f"queue {self.index}: {name} {addr:#x}+{length:#x} is outside RAM"
                 ) from None
-        self._desc_view, self._avail_view, self._used_view = views
+        self._desc_view = views[0]
+        self._avail = views[1].cast("H")  # flags, idx, ring[size], used_event
+        self._used = views[2].cast("H")  # flags, idx, then elements, avail_event
+        self._used_elems = views[2][: 4 + VIRTQ_USED_ELEM_SIZE * size].cast("I")
         self.ready = True
 
     @property
@@ -279,7 +289,7 @@ class SplitQueue:
     # --- the available side ----------------------------------------------------------------
 
     def _avail_idx(self) -> int:
-        return _U16.unpack_from(self._avail_view, 2)[0]
+        return self._avail[1]
 
     def pending(self) -> int:
         """How many chains the driver has made available and we have not popped."""
@@ -298,8 +308,7 @@ class SplitQueue:
         if not self.pending():
             return None
         # The ring entry is read after the index (see the module docstring).
-        slot = self.last_avail_idx % self.size
-        head = _U16.unpack_from(self._avail_view, 4 + 2 * slot)[0]
+        head = self._avail[2 + self.last_avail_idx % self.size]
         chain = self._walk(head)
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
         if self.event_idx and self._notify_enabled:
@@ -422,29 +431,29 @@ class SplitQueue:
         element first, then the index (2.7.8.2: len is set before idx moves)."""
         if not 0 <= written < MAX_CHAIN_BYTES:
             raise ValueError(f"used length {written} does not fit le32")
-        used = self._used_view
-        if used is None:
+        elems = self._used_elems
+        if elems is None:
             return  # the driver took the queue away meanwhile (legacy PFN 0): nowhere to put it
-        slot = self.used_idx % self.size
-        _USED_ELEM.pack_into(used, 4 + VIRTQ_USED_ELEM_SIZE * slot, head, written)
+        at = 1 + 2 * (self.used_idx % self.size)  # in 32-bit items, after flags and idx
+        elems[at] = head
+        elems[at + 1] = written
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        _U16.pack_into(used, 2, self.used_idx)
+        self._used[1] = self.used_idx
         self._used_since_signal += 1
 
     def should_interrupt(self) -> bool:
         """Whether the driver wants a used buffer notification for what was added since
         the last call (2.7.7): avail flags without EVENT_IDX, used_event with it."""
-        if not self._used_since_signal or self._avail_view is None:
+        if not self._used_since_signal or self._avail is None:
             return False
         self._used_since_signal = 0
         _full_barrier()  # our used idx store before the load of the driver's request
         if not self.event_idx:
-            flags = _U16.unpack_from(self._avail_view, 0)[0]
-            return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
+            return not self._avail[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
         old, new = self._signalled_used, self.used_idx
         valid = self._signalled_used_valid
         self._signalled_used, self._signalled_used_valid = new, True
-        used_event = _U16.unpack_from(self._avail_view, 4 + 2 * self.size)[0]
+        used_event = self._avail[2 + self.size]
         return not valid or vring_need_event(used_event, new, old)
 
     # --- available buffer notification suppression (2.7.10) --------------------------------
@@ -454,16 +463,16 @@ class SplitQueue:
         EVENT_IDX avail_event. After enabling, re-check `pending()`: a chain made
         available just before is not kicked."""
         self._notify_enabled = enabled
-        if self._used_view is None:
+        if self._used is None:
             return
         if self.event_idx:
             if enabled:
                 self._write_avail_event()
         else:
-            _U16.pack_into(self._used_view, 0, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
+            self._used[0] = 0 if enabled else VIRTQ_USED_F_NO_NOTIFY
         if enabled:
             _full_barrier()  # the store above before the caller's re-read of avail idx
 
     def _write_avail_event(self) -> None:
         # avail_event sits after the used ring: kick us once idx passes what we have seen.
-        _U16.pack_into(self._used_view, 4 + VIRTQ_USED_ELEM_SIZE * self.size, self.last_avail_idx)
+        self._used[2 + 4 * self.size] = self.last_avail_idx
