@@ -2,6 +2,7 @@
 read-only checks, flush, discard and write-zeroes, several requests in flight, the
 image lock, and hostile rings that must never escape guest RAM."""
 
+import errno
 import fcntl
 import os
 import struct
@@ -225,6 +226,9 @@ class GatedBackend(BlockBackend):
         super().__init__(*args, **kw)
         self.gates: dict[int, threading.Event] = {}
         self.started = threading.Semaphore(0)
+
+    def try_preadv(self, views, offset):
+        return None  # like a disk's: every read waits
 
     def preadv(self, views, offset):
         self.started.release()
@@ -598,6 +602,7 @@ def test_transfer_stops_at_end_of_file():
 def test_a_kick_thread_does_the_first_request_itself_and_hands_on_the_rest(memory, image):
     device, drv = start(memory, image, workers=2)
     threads, read = [], device.backend.preadv
+    device.backend.try_preadv = lambda views, offset: None  # every read would wait
 
     def recording_read(views, offset):
         threads.append((offset, threading.current_thread().name))
@@ -626,3 +631,45 @@ def test_a_kick_thread_does_the_first_request_itself_and_hands_on_the_rest(memor
     drv.read(0, 8)
     assert [name for _, name in threads] != [threading.current_thread().name]
     device.close()
+
+
+def test_a_read_the_page_cache_holds_completes_on_the_kicking_thread(memory, image):
+    device, drv = start(memory, image, workers=2)
+    with open(image, "r+b") as f:
+        f.write(b"cached" * 1000)  # in the page cache now
+    request = drv.submit(VIRTIO_BLK_T_IN, 0, read_len=4096)
+    assert drv.driver.poll(0) == [request]  # used before the kick returned
+    assert drv.result(request).data[:12] == b"cachedcached"
+    assert device._workers._threads == []  # no request needed a worker
+    # A buffered write goes the same way where the filesystem allows RWF_NOWAIT writes,
+    # else to a worker: it lands either way.
+    assert drv.write(8, b"w" * 4096).status == VIRTIO_BLK_S_OK
+    assert image_bytes(image, 8 * 512, 4096) == b"w" * 4096
+    device.close()
+
+
+def test_try_transfers_refuse_what_would_wait_and_stop_asking_a_file_that_cannot(image):
+    data = bytearray(4096)
+    direct = BlockBackend(image, cache="none", locking=False)
+    assert direct.try_preadv([memoryview(data)], 0) is None  # O_DIRECT waits for the disk
+    direct.close()
+    through = BlockBackend(image, cache="writethrough", locking=False)
+    assert through.try_pwritev([memoryview(data)], 0) is None  # O_DSYNC waits too
+    through.close()
+    backend = BlockBackend(image, locking=False)
+    assert backend.try_preadv([memoryview(data)], 0) == 4096
+    calls = []
+
+    def unsupported(fd, views, offset, flags=0):
+        calls.append(flags)
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    real = os.preadv
+    os.preadv = unsupported
+    try:
+        assert backend.try_preadv([memoryview(data)], 0) is None
+        assert backend.try_preadv([memoryview(data)], 0) is None
+    finally:
+        os.preadv = real
+    assert calls == [os.RWF_NOWAIT]  # asked once, then no more
+    backend.close()

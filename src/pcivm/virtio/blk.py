@@ -7,15 +7,20 @@ QEMU's OFD byte-range locks so that two VMMs (pcivm or QEMU) cannot both write a
 `VirtioBlk` parses each request from the chain as a byte stream (header, data, status
 byte as the last writable byte: the device assumes no particular framing, 2.7.4), checks
 it, and moves the data with `os.preadv`/`os.pwritev` straight between the image and
-memoryviews of guest RAM. Requests run on a small set of worker threads (workers.py):
-preadv/pwritev release the GIL, so several requests are in flight at once and complete
-in whatever order the host finishes them; the used ring is written under the device
-lock. The thread that takes a kick (ioevents.py) does the first request of the batch
-itself. `workers=0` runs each request inline on the notifying thread (deterministic, for
-tests). Measured on a 2-CPU host with the test driver, 120 cached 64 KiB reads in
-flight: 4 workers serve about 1.5 times what inline I/O does, 8 workers little more;
-with O_DIRECT the pool mostly pays for itself by keeping the notify path free of
-blocking I/O.
+memoryviews of guest RAM. Every read or write is first tried with RWF_NOWAIT on the
+thread that took the kick: what the page cache holds is done at once, under the device
+lock, with no other thread involved. What would wait for the disk (and flush, discard,
+write zeroes) runs on a small set of worker threads (workers.py): preadv/pwritev release
+the GIL, so several requests are in flight at once and complete in whatever order the
+host finishes them; the used ring is written under the device lock. The thread that
+takes a kick (ioevents.py) does the first of those itself. `workers=0` runs each request
+inline on the notifying thread (deterministic, for tests).
+
+Measured natively on a 2-CPU host, the driver in a second process sharing guest RAM:
+four cached 4 KiB reads in flight cost 9 us of VMM user CPU per request done at once
+against 18 us through the pool (and a fifth of the system time: no thread wake-ups);
+sixteen cached 64 KiB reads in flight are served 1.25 times as fast. With O_DIRECT
+every read goes to the pool, which keeps the notify path free of blocking I/O.
 """
 
 from __future__ import annotations
@@ -158,6 +163,12 @@ class BlockBackend:
             raise
         self._rmw = threading.Lock()
         self.flushes = 0
+        # RWF_NOWAIT first (try_preadv/try_pwritev): a read the page cache holds, or a
+        # buffered write that need not wait, is done at once on the thread that found
+        # it; only the rest goes to a worker thread. Not with O_DIRECT (the device is
+        # waited for all the same) nor O_DSYNC (the write waits for the disk).
+        self._nowait_reads = not self.direct
+        self._nowait_writes = cache == "writeback" and not read_only
 
     # -- locking --
 
@@ -217,6 +228,36 @@ class BlockBackend:
         if a == 1:
             return True
         return offset % a == 0 and all(len(v) % a == 0 and _address(v) % a == 0 for v in views)
+
+    def try_preadv(self, views: Sequence[memoryview], offset: int) -> int | None:
+        """`preadv` if it can finish without waiting (the data is in the page cache);
+        None when it would wait, and then nothing has been promised."""
+        if not self._nowait_reads:
+            return None
+        return self._try_now(os.preadv, views, offset, "_nowait_reads")
+
+    def try_pwritev(self, views: Sequence[memoryview], offset: int) -> int | None:
+        """`pwritev` if it can finish without waiting; None otherwise. A write that got
+        part of the way is redone whole later, with the same bytes: harmless."""
+        if not self._nowait_writes:
+            return None
+        return self._try_now(os.pwritev, views, offset, "_nowait_writes")
+
+    def _try_now(self, call, views: Sequence[memoryview], offset: int, switch: str) -> int | None:
+        if len(views) > IOV_MAX:
+            return None
+        try:
+            n = call(self.fd, views, offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                setattr(self, switch, False)  # this file or kernel cannot: stop asking
+                return None
+            raise
+        if n != sum(map(len, views)) and offset + n < self.size:
+            return None  # stopped where it would have waited (not at the end of the file)
+        return n
 
     def preadv(self, views: Sequence[memoryview], offset: int) -> int:
         """Read into `views` from `offset` until they are full or the file ends."""
@@ -449,6 +490,12 @@ class VirtioBlk(VirtioDevice):
         if self._workers is None:
             self._finish(request, *self._execute(request))
             return
+        # What needs no waiting is done here and now, under the lock: no hand-off to
+        # another thread, and the used ring is written at once.
+        result = self._execute(request, now=True)
+        if result is not None:
+            self._finish(request, *result)
+            return
         self._in_flight += 1
         # The kicking thread does the first request of a batch itself and hands the rest
         # to the workers: a lone request (what a guest with a few reads in flight mostly
@@ -475,14 +522,17 @@ class VirtioBlk(VirtioDevice):
         request.chain.write_last_byte(status)
         self.complete(request.queue, request.chain.head, written + 1)
 
-    def _execute(self, request: _Request) -> tuple[int, int]:
-        """Do the request (no lock held): its status and the data bytes written."""
+    def _execute(self, request: _Request, now: bool = False) -> tuple[int, int] | None:
+        """Do the request: its status and the data bytes written. `now`: only if that
+        needs no waiting (else None, having done nothing the request can see)."""
         try:
             kind = request.kind
             if kind == VIRTIO_BLK_T_IN:
-                return self._read(request)
+                return self._read(request, now)
             if kind == VIRTIO_BLK_T_OUT:
-                return self._write(request)
+                return self._write(request, now)
+            if now and kind != VIRTIO_BLK_T_GET_ID:
+                return None  # flush, discard, write zeroes: they wait for the disk
             if kind == VIRTIO_BLK_T_FLUSH:
                 self.backend.flush()
                 return VIRTIO_BLK_S_OK, 0
@@ -508,21 +558,29 @@ class VirtioBlk(VirtioDevice):
             and sector * SECTOR + length <= self.capacity * SECTOR
         )
 
-    def _read(self, request: _Request) -> tuple[int, int]:
+    def _read(self, request: _Request, now: bool) -> tuple[int, int] | None:
         length = request.status_offset
         if not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
         views = request.chain.writable_views(0, length)
-        if self.backend.preadv(views, request.sector * SECTOR) != length:
+        call = self.backend.try_preadv if now else self.backend.preadv
+        done = call(views, request.sector * SECTOR)
+        if done is None:
+            return None
+        if done != length:
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, length
 
-    def _write(self, request: _Request) -> tuple[int, int]:
+    def _write(self, request: _Request, now: bool) -> tuple[int, int] | None:
         length = request.chain.readable_len - _HEADER.size
         if self.backend.read_only or not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
         views = request.chain.readable_views(_HEADER.size)
-        if self.backend.pwritev(views, request.sector * SECTOR) != length:
+        call = self.backend.try_pwritev if now else self.backend.pwritev
+        done = call(views, request.sector * SECTOR)
+        if done is None:
+            return None
+        if done != length:
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, 0
 
