@@ -673,3 +673,29 @@ def test_try_transfers_refuse_what_would_wait_and_stop_asking_a_file_that_cannot
         os.preadv = real
     assert calls == [os.RWF_NOWAIT]  # asked once, then no more
     backend.close()
+
+
+def test_try_transfers_back_off_while_they_would_wait_and_resume_on_a_hit(image):
+    backend = BlockBackend(image, locking=False)
+    data = [memoryview(bytearray(4096))]
+    cached, attempts = False, []
+    real = os.preadv
+
+    def page_cache(fd, views, offset, flags=0):
+        if flags & os.RWF_NOWAIT:
+            attempts.append(offset)
+            if not cached:
+                raise BlockingIOError(errno.EAGAIN, "would block")
+        return real(fd, views, offset, flags)
+
+    os.preadv = page_cache
+    try:
+        assert all(backend.try_preadv(data, 0) is None for _ in range(300))
+        # Asked after 0, 1, 2, 4, ... 64 skipped requests, then once in 65.
+        assert len(attempts) == 8 + (300 - 127 - 1) // 65
+        cached = True
+        results = [backend.try_preadv(data, 0) for _ in range(200)]
+    finally:
+        os.preadv = real
+    assert results[-100:] == [4096] * 100  # once one attempt hit, every request is tried
+    backend.close()

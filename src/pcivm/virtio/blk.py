@@ -169,6 +169,13 @@ class BlockBackend:
         # waited for all the same) nor O_DSYNC (the write waits for the disk).
         self._nowait_reads = not self.direct
         self._nowait_writes = cache == "writeback" and not read_only
+        # An attempt that would wait is wasted work (a raised EAGAIN, and on FUSE a round
+        # trip for attributes): after one, the next `_nowait_skip` requests go straight
+        # to the pool, twice as many after each further miss (up to NOWAIT_MAX_SKIP), none
+        # once an attempt succeeds. An image read mostly from the disk is then asked
+        # about once in 64 requests; one the page cache holds, every time.
+        self._nowait_skip = 0
+        self._nowait_backoff = 0
 
     # -- locking --
 
@@ -244,20 +251,28 @@ class BlockBackend:
         return self._try_now(os.pwritev, views, offset, "_nowait_writes")
 
     def _try_now(self, call, views: Sequence[memoryview], offset: int, switch: str) -> int | None:
+        if self._nowait_skip:
+            self._nowait_skip -= 1
+            return None
         if len(views) > IOV_MAX:
             return None
         try:
             n = call(self.fd, views, offset, os.RWF_NOWAIT)
         except BlockingIOError:
-            return None
+            return self._would_wait()
         except OSError as error:
             if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 setattr(self, switch, False)  # this file or kernel cannot: stop asking
                 return None
             raise
         if n != sum(map(len, views)) and offset + n < self.size:
-            return None  # stopped where it would have waited (not at the end of the file)
+            return self._would_wait()  # stopped where it would have waited, not at the end
+        self._nowait_backoff = 0
         return n
+
+    def _would_wait(self) -> None:
+        self._nowait_backoff = min(max(1, 2 * self._nowait_backoff), NOWAIT_MAX_SKIP)
+        self._nowait_skip = self._nowait_backoff
 
     def preadv(self, views: Sequence[memoryview], offset: int) -> int:
         """Read into `views` from `offset` until they are full or the file ends."""
@@ -357,6 +372,7 @@ class BlockBackend:
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX")
+NOWAIT_MAX_SKIP = 64
 
 
 def _transfer(call, fd: int, views: list[memoryview], offset: int) -> int:
