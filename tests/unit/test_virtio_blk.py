@@ -637,12 +637,15 @@ def test_a_read_the_page_cache_holds_completes_on_the_kicking_thread(memory, ima
     device, drv = start(memory, image, workers=2)
     with open(image, "r+b") as f:
         f.write(b"cached" * 1000)  # in the page cache now
-    request = drv.submit(VIRTIO_BLK_T_IN, 0, read_len=4096)
+    header = struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0)
+    request = drv.driver.submit(0, [header], [4096, 1], kick=False)
+    device.notify(0, on_kick_thread=True)
     assert drv.driver.poll(0) == [request]  # used before the kick returned
     assert drv.result(request).data[:12] == b"cachedcached"
     assert device._workers._threads == []  # no request needed a worker
-    # A buffered write goes the same way where the filesystem allows RWF_NOWAIT writes,
-    # else to a worker: it lands either way.
+    # A kick taken on a vCPU's thread (no ioeventfd) leaves even that to a worker.
+    assert drv.read(0, 8).data[:12] == b"cachedcached"
+    assert len(device._workers._threads) == 1
     assert drv.write(8, b"w" * 4096).status == VIRTIO_BLK_S_OK
     assert image_bytes(image, 8 * 512, 4096) == b"w" * 4096
     device.close()

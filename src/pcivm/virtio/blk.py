@@ -506,12 +506,14 @@ class VirtioBlk(VirtioDevice):
         if self._workers is None:
             self._finish(request, *self._execute(request))
             return
-        # What needs no waiting is done here and now, under the lock: no hand-off to
-        # another thread, and the used ring is written at once.
-        result = self._execute(request, now=True)
-        if result is not None:
-            self._finish(request, *result)
-            return
+        # On the kick thread, what needs no waiting is done here and now, under the
+        # lock: no hand-off to another thread, and the used ring is written at once. (A
+        # vCPU's thread, kicking without an ioeventfd, leaves even that to a worker.)
+        if self._kept is not None:
+            result = self._execute(request, now=True)
+            if result is not None:
+                self._finish(request, *result)
+                return
         self._in_flight += 1
         # The kicking thread does the first request of a batch itself and hands the rest
         # to the workers: a lone request (what a guest with a few reads in flight mostly
