@@ -19,6 +19,10 @@ guest prints its block layer's counters (/sys/block/vda/stat) before and after e
 requests are the reads the guest's block layer completed, after merging. pcivm and QEMU
 alternate within each round, several rounds; medians and ratios pcivm/QEMU are printed.
 The machines are shared and noisy: compare ratios, not absolute figures.
+
+`--baseline CHECKOUT` adds a third VMM to every round: pcivm run from another checkout's
+src/ (same interpreter, same options), so that a change is measured against the code
+before it in the same box, side by side; every boot's figures are then listed too.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ CONSOLE_BYTES = 64 << 10
 BLOCK = 4096
 MB = 1_000_000
 IMAGE_SEED = b"pcivm bench/blk.py image"
+BASELINE = "pcivm-baseline"  # the job of --baseline: pcivm from another checkout
 
 
 # -- the guest side (pure helpers) -------------------------------------------------------
@@ -442,6 +447,29 @@ def _micros(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e6
 
 
+def per_boot(boots: list[Boot]) -> list[str]:
+    """Every boot's figures, for comparing the baseline's with pcivm's and QEMU's."""
+    rows = []
+    for b in sorted(boots, key=lambda b: (b.round, b.vmm)):
+        seq, rand = b.seq, b.rand
+        rows.append(
+            [
+                str(b.round + 1),
+                b.vmm,
+                _fmt(ratio(seq.rate, MB), "", 1),
+                _fmt(rand.rate, "", 0),
+                _fmt(_us(rand.per_request(rand.user)), "", 0),
+                _fmt(_us(rand.per_request(rand.system)), "", 0),
+            ]
+        )
+    header = ["round", "VMM", "seq MB/s", "rand IOPS", "rand user us/req", "rand kernel us/req"]
+    return ["Every boot:", "", render_table(header, rows)]
+
+
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e6
+
+
 def report(boots: list[Boot], command: str, threads: int, seconds: float) -> str:
     ok = {vmm: [b for b in boots if b.vmm == vmm and b.ok] for vmm in ("pcivm", "qemu")}
     rows = []
@@ -480,6 +508,8 @@ def report(boots: list[Boot], command: str, threads: int, seconds: float) -> str
             if ok[vmm]
         ),
     ]
+    if any(b.vmm == BASELINE for b in boots):
+        lines += ["", *per_boot(boots)]
     for b in boots:
         if not b.ok:
             lines.append(f"{b.name} (round {b.round + 1}) failed: {b.why}")
@@ -581,8 +611,22 @@ def parse_args(argv: list[str]):
         "--box", choices=("auto", "tcg", "direct"), default="auto", help="where to run"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every result here")
+    parser.add_argument(
+        "--baseline",
+        type=baseline_src,
+        metavar="CHECKOUT",
+        help="also run pcivm from another checkout of the project (its src/), alternating "
+        "with the others: a change measured against the code before it, in one box",
+    )
     parser.add_argument("--run-jobs", help=argparse.SUPPRESS)  # the in-box side
     return parser.parse_args(argv)
+
+
+def baseline_src(value: str) -> Path:
+    src = Path(value).resolve() / "src"
+    if not (src / "pcivm" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{value} is not a checkout of pcivm (no src/pcivm)")
+    return src
 
 
 def build_jobs(image, initrd: Path, disk: Path, args) -> list[dict]:
@@ -595,10 +639,16 @@ def build_jobs(image, initrd: Path, disk: Path, args) -> list[dict]:
         run=guest_command(args.seq_mib, args.threads, args.seconds),
         extra_args=["-drive", drive_arg(disk)],
     )
-    return [
-        {"name": "pcivm", "argv": [*pcivm_argv(boot), "-d"], "timeout": args.timeout},
+    pcivm = [*pcivm_argv(boot), "-d"]
+    jobs = [
+        {"name": "pcivm", "argv": pcivm, "timeout": args.timeout},
         {"name": "qemu", "argv": qemu_argv(boot), "timeout": args.timeout},
     ]
+    if args.baseline:
+        # The same interpreter and options; the package comes from the other checkout.
+        argv = ["env", f"PYTHONPATH={args.baseline}", *pcivm]
+        jobs.insert(1, {"name": BASELINE, "argv": argv, "timeout": args.timeout})
+    return jobs
 
 
 def run_round(box, jobs: list[dict]) -> tuple[list[dict], str | None]:
