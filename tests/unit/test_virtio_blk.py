@@ -702,3 +702,32 @@ def test_try_transfers_back_off_while_they_would_wait_and_resume_on_a_hit(image)
         os.preadv = real
     assert results[-100:] == [4096] * 100  # once one attempt hit, every request is tried
     backend.close()
+
+
+def test_an_image_in_ram_is_read_and_written_at_once_though_it_refuses_rwf_nowait():
+    from pcivm.virtio.blk import RAM_FILESYSTEMS, filesystem_type
+
+    path = f"/dev/shm/pcivm-test-{os.getpid()}.img"
+    with open(path, "wb") as f:
+        f.write(b"ram" * 4096)
+    try:
+        with pytest.raises(OSError) as refused:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.preadv(fd, [bytearray(16)], 0, os.RWF_NOWAIT)
+            finally:
+                os.close(fd)
+        assert refused.value.errno == errno.EOPNOTSUPP  # what tmpfs says to RWF_NOWAIT
+        backend = BlockBackend(path, cache="writethrough", locking=False)
+        assert backend.in_ram and filesystem_type(backend.fd) in RAM_FILESYSTEMS
+        data = bytearray(4096)
+        for _ in range(3):
+            assert backend.try_preadv([memoryview(data)], 0) == 4096
+        assert bytes(data[:6]) == b"ramram"
+        assert backend.try_pwritev([memoryview(b"w" * 512)], 512) == 512  # O_DSYNC: no disk
+        backend.close()
+        assert image_bytes(path, 512, 512) == b"w" * 512
+    finally:
+        os.unlink(path)
+    with open("/proc/self/stat", "rb") as f:
+        assert filesystem_type(f.fileno()) not in RAM_FILESYSTEMS

@@ -87,6 +87,24 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 _libc.fallocate.restype = ctypes.c_int
 
 
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_libc.fstatfs.restype = ctypes.c_int
+# Filesystems whose files are RAM (linux/magic.h): reading or writing one waits for no
+# disk, but they refuse RWF_NOWAIT (EOPNOTSUPP), so their transfers are simply done.
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+HUGETLBFS_MAGIC = 0x958458F6
+RAM_FILESYSTEMS = (TMPFS_MAGIC, RAMFS_MAGIC, HUGETLBFS_MAGIC)
+
+
+def filesystem_type(fd: int) -> int | None:
+    """f_type of fstatfs(2) (the first field of struct statfs), None if it fails."""
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64
+    if _libc.fstatfs(fd, buffer) != 0:
+        return None
+    return struct.unpack_from("=l", buffer.raw)[0] & 0xFFFF_FFFF
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with its mode argument (os.posix_fallocate has none)."""
     if _libc.fallocate(fd, mode, offset, length) != 0:
@@ -166,9 +184,12 @@ class BlockBackend:
         # RWF_NOWAIT first (try_preadv/try_pwritev): a read the page cache holds, or a
         # buffered write that need not wait, is done at once on the thread that found
         # it; only the rest goes to a worker thread. Not with O_DIRECT (the device is
-        # waited for all the same) nor O_DSYNC (the write waits for the disk).
+        # waited for all the same) nor O_DSYNC (the write waits for the disk). An image
+        # in RAM (tmpfs) never waits (unless swapped out): every transfer is done at once.
+        self.in_ram = stat.S_ISREG(st.st_mode) and filesystem_type(self.fd) in RAM_FILESYSTEMS
+        self._now_flags = 0 if self.in_ram else os.RWF_NOWAIT
         self._nowait_reads = not self.direct
-        self._nowait_writes = cache == "writeback" and not read_only
+        self._nowait_writes = not read_only and (cache == "writeback" or self.in_ram)
         # An attempt that would wait is wasted work (a raised EAGAIN, and on FUSE a round
         # trip for attributes): after one, the next `_nowait_skip` requests go straight
         # to the pool, twice as many after each further miss (up to NOWAIT_MAX_SKIP), none
@@ -257,7 +278,7 @@ class BlockBackend:
         if len(views) > IOV_MAX:
             return None
         try:
-            n = call(self.fd, views, offset, os.RWF_NOWAIT)
+            n = call(self.fd, views, offset, self._now_flags)
         except BlockingIOError:
             return self._would_wait()
         except OSError as error:
