@@ -47,6 +47,26 @@ def image(tmp_path):
     return path
 
 
+def needs_page_cache_nowait(image) -> None:
+    """Skip unless the image's filesystem answers RWF_NOWAIT the way a disk filesystem's
+    page cache does (tmpfs, NFS or FUSE would take the other paths these tests are not
+    about)."""
+    from pcivm.virtio.blk import RAM_FILESYSTEMS, filesystem_type
+
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        if filesystem_type(fd) in RAM_FILESYSTEMS:
+            pytest.skip("the test's image is in RAM (tmpfs): no RWF_NOWAIT path")
+        try:
+            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            pass
+        except OSError as error:
+            pytest.skip(f"the test's filesystem refuses RWF_NOWAIT: {error}")
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def memory():
     return GuestMemory(16 * MiB)
@@ -634,6 +654,7 @@ def test_a_kick_thread_does_the_first_request_itself_and_hands_on_the_rest(memor
 
 
 def test_a_read_the_page_cache_holds_completes_on_the_kicking_thread(memory, image):
+    needs_page_cache_nowait(image)
     device, drv = start(memory, image, workers=2)
     with open(image, "r+b") as f:
         f.write(b"cached" * 1000)  # in the page cache now
@@ -652,10 +673,15 @@ def test_a_read_the_page_cache_holds_completes_on_the_kicking_thread(memory, ima
 
 
 def test_try_transfers_refuse_what_would_wait_and_stop_asking_a_file_that_cannot(image):
+    needs_page_cache_nowait(image)
     data = bytearray(4096)
-    direct = BlockBackend(image, cache="none", locking=False)
-    assert direct.try_preadv([memoryview(data)], 0) is None  # O_DIRECT waits for the disk
-    direct.close()
+    try:
+        direct = BlockBackend(image, cache="none", locking=False)
+    except BlockImageError:
+        pass  # no O_DIRECT on this filesystem
+    else:
+        assert direct.try_preadv([memoryview(data)], 0) is None  # O_DIRECT waits for the disk
+        direct.close()
     through = BlockBackend(image, cache="writethrough", locking=False)
     assert through.try_pwritev([memoryview(data)], 0) is None  # O_DSYNC waits too
     through.close()
@@ -674,11 +700,12 @@ def test_try_transfers_refuse_what_would_wait_and_stop_asking_a_file_that_cannot
         assert backend.try_preadv([memoryview(data)], 0) is None
     finally:
         os.preadv = real
-    assert calls == [os.RWF_NOWAIT]  # asked once, then no more
+    assert len(calls) == 1  # asked once, then no more
     backend.close()
 
 
 def test_try_transfers_back_off_while_they_would_wait_and_resume_on_a_hit(image):
+    needs_page_cache_nowait(image)
     backend = BlockBackend(image, locking=False)
     data = [memoryview(bytearray(4096))]
     cached, attempts = False, []
@@ -704,20 +731,20 @@ def test_try_transfers_back_off_while_they_would_wait_and_resume_on_a_hit(image)
     backend.close()
 
 
-def test_an_image_in_ram_is_read_and_written_at_once_though_it_refuses_rwf_nowait():
+def test_an_image_in_ram_is_read_and_written_at_once():
     from pcivm.virtio.blk import RAM_FILESYSTEMS, filesystem_type
 
     path = f"/dev/shm/pcivm-test-{os.getpid()}.img"
-    with open(path, "wb") as f:
-        f.write(b"ram" * 4096)
     try:
-        with pytest.raises(OSError) as refused:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.preadv(fd, [bytearray(16)], 0, os.RWF_NOWAIT)
-            finally:
-                os.close(fd)
-        assert refused.value.errno == errno.EOPNOTSUPP  # what tmpfs says to RWF_NOWAIT
+        with open(path, "wb") as f:
+            f.write(b"ram" * 4096)
+            in_ram = filesystem_type(f.fileno()) in RAM_FILESYSTEMS
+    except OSError as error:
+        pytest.skip(f"no tmpfs at /dev/shm: {error}")
+    if not in_ram:
+        os.unlink(path)
+        pytest.skip("no tmpfs at /dev/shm")
+    try:
         backend = BlockBackend(path, cache="writethrough", locking=False)
         assert backend.in_ram and filesystem_type(backend.fd) in RAM_FILESYSTEMS
         data = bytearray(4096)

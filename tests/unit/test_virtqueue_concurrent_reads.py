@@ -12,6 +12,8 @@ import os
 import struct
 import time
 
+import pytest
+
 from pcivm.memory import GuestMemory, MiB
 from pcivm.virtio.queue import SplitQueue
 
@@ -22,8 +24,13 @@ PR_SET_PTRACER, PR_SET_PTRACER_ANY = 0x59616D61, ctypes.c_ulong(-1)
 
 
 def _reader(parent: int, addresses: list[int]) -> int:
-    """Child: read the fields until time is up. Exit 1 on a zero, 2 if nothing was read."""
-    fd = os.open(f"/proc/{parent}/mem", os.O_RDONLY)
+    """Child: read the fields until time is up. Exit 1 on a zero, 2 if nothing was read,
+    4 if the parent's memory cannot be read at all."""
+    try:
+        fd = os.open(f"/proc/{parent}/mem", os.O_RDONLY)
+        os.pread(fd, 2, addresses[0])
+    except OSError:
+        return 4
     reads = 0
     end = time.monotonic() + READ_SECONDS
     while time.monotonic() < end:
@@ -75,6 +82,8 @@ def test_ring_fields_never_read_as_zero_while_written():
             memory.write_u16(AVAIL + 2, 0x4200 + (i & 0x7F))
             stores += 3
     code = os.waitstatus_to_exitcode(wait_status)
+    if code == 4:
+        pytest.skip("this system does not let a child read its parent's memory (ptrace)")
     assert stores > 0
     assert code == 0, {1: "a field read as zero mid-store", 2: "the reader read nothing"}.get(
         code, f"reader exit status {code}"
