@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pcivm.errors import PcivmError
 from pcivm.memory import GuestMemory, MiB
-from pcivm.virtio.blk import BlockBackend, BlockImageError, VirtioBlk
+from pcivm.virtio.blk import AT_ONCE_MAX_BYTES, BlockBackend, BlockImageError, VirtioBlk
 from pcivm.virtio.constants import (
     DEVICE_NEEDS_RESET,
     VIRTIO_BLK_F_DISCARD,
@@ -664,6 +664,15 @@ def test_a_read_the_page_cache_holds_completes_on_the_kicking_thread(memory, ima
     assert drv.driver.poll(0) == [request]  # used before the kick returned
     assert drv.result(request).data[:12] == b"cachedcached"
     assert device._workers._threads == []  # no request needed a worker
+    # More than AT_ONCE_MAX_BYTES is not done at once under the device lock: the kick
+    # thread keeps it and reads it (blocking preadv) once the lock is released.
+    blocking, read = [], device.backend.preadv
+    device.backend.preadv = lambda views, offset: blocking.append(offset) or read(views, offset)
+    big = drv.driver.submit(0, [header], [AT_ONCE_MAX_BYTES + 4096, 1], kick=False)
+    device.notify(0, on_kick_thread=True)
+    assert drv.result(big).status == VIRTIO_BLK_S_OK
+    assert blocking == [0]
+    assert device._workers._threads == []
     # A kick taken on a vCPU's thread (no ioeventfd) leaves even that to a worker.
     assert drv.read(0, 8).data[:12] == b"cachedcached"
     assert len(device._workers._threads) == 1

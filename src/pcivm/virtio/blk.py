@@ -394,6 +394,10 @@ class BlockBackend:
 
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 NOWAIT_MAX_SKIP = 64
+# The most a transfer done at once (on the kick thread, under the device lock) may move:
+# Linux's largest request here (max_sectors_kb 1280) fits; a larger chain waits for a
+# worker, so that no single guest request holds the device for long.
+AT_ONCE_MAX_BYTES = 2 << 20
 
 
 def _transfer(call, fd: int, views: list[memoryview], offset: int) -> int:
@@ -601,6 +605,8 @@ class VirtioBlk(VirtioDevice):
         length = request.status_offset
         if not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
+        if now and length > AT_ONCE_MAX_BYTES:
+            return None
         views = request.chain.writable_views(0, length)
         call = self.backend.try_preadv if now else self.backend.preadv
         done = call(views, request.sector * SECTOR)
@@ -614,6 +620,8 @@ class VirtioBlk(VirtioDevice):
         length = request.chain.readable_len - _HEADER.size
         if self.backend.read_only or not self._in_range(request.sector, length):
             return VIRTIO_BLK_S_IOERR, 0
+        if now and length > AT_ONCE_MAX_BYTES:
+            return None
         views = request.chain.readable_views(_HEADER.size)
         call = self.backend.try_pwritev if now else self.backend.pwritev
         done = call(views, request.sector * SECTOR)
