@@ -641,12 +641,25 @@ def image_in_ram(box, disk: Path) -> Path:
 
     copy = Path(RAM_DIR) / f"pcivm-bench-{os.getpid()}-{disk.name}"
     progress(f"copying the image into the box's RAM ({copy})")
-    status, _out, err = box.run_capture(["cp", str(disk), str(copy)], timeout=600)
+    try:
+        status, _out, err = box.run_capture(["cp", str(disk), str(copy)], timeout=600)
+    except BaseException:
+        remove_quietly(box, copy)
+        raise
     if status != 0:
-        box.run_capture(["rm", "-f", str(copy)], timeout=60)
+        remove_quietly(box, copy)
         reason = err.decode(errors="replace").strip().splitlines()[-1:] or ["cp failed"]
         raise PcivmError(f"cannot copy the image into {RAM_DIR}: {reason[0]}")
     return copy
+
+
+def remove_quietly(box, path: Path) -> None:
+    """Remove a file in the box, if the box still answers (a box that died took its
+    tmpfs with it; with --box direct the file is the host's)."""
+    try:
+        box.run_capture(["rm", "-f", str(path)], timeout=60)
+    except Exception as exc:  # the report of the rounds done matters more
+        progress(f"blk.py: could not remove {path}: {exc}")
 
 
 def build_jobs(image, initrd: Path, disk: Path, args) -> list[dict]:
@@ -747,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
                         progress(f"blk.py: round {index + 1} stopped early ({problem})")
                         break
             finally:
-                box.run_capture(["rm", "-f", str(ram_image)], timeout=60)
+                remove_quietly(box, ram_image)
     except PcivmError as exc:
         print(f"blk.py: {exc}", file=sys.stderr)
         return 1
