@@ -45,8 +45,12 @@ Q35_MIXED = (
     + ["pci-testdev,id=onroot"]
 )
 
+# Two vCPUs, not four: in the box a 4-vCPU guest (on the box's 2 CPUs) sometimes ends
+# with an application processor's triple fault while it boots (docs/box.md, Known limits).
+SMP = ["-smp", "2"]
+
 TOPOLOGIES = {
-    "pc-20-devices": ("pc", PC_20, ["-smp", "4"]),
+    "pc-20-devices": ("pc", PC_20, SMP),
     "q35-switch-and-pci-bridge": ("q35", Q35_MIXED, []),
     "q35-4-root-ports": ("q35", root_ports(4), []),
     "q35-14-root-ports": ("q35", root_ports(14), []),
@@ -111,10 +115,10 @@ def test_pc_run_checks_smp_multifunction_and_command_register(image, runner):
         f"printf '\\002\\000' | dd of={device}/config bs=1 seek=4 count=2 conv=notrunc "
         f"2>/dev/null; dd if={device}/resource1 bs=4 count=1 2>/dev/null | od -An -tx1"
     )
-    result = boot(image, runner, "pc", PC_20, ["-smp", "4"], run=command)
+    result = boot(image, runner, "pc", PC_20, SMP, run=command)
     assert result.run_exit == 0, result.console[-2000:]
     lines = result.run_output.splitlines()
-    assert lines[0].strip() == "4"
+    assert lines[0].strip() == SMP[1]
     assert lines[1].split() == ["P", "C", "I", "V"]
     assert lines[2].split() == ["ff", "ff", "ff", "ff"]
     big = [d for d in result.report["pci"] if d["bdf"] == "0000:00:1b.0"][0]
