@@ -262,34 +262,37 @@ class BlockBackend:
         None when it would wait, and then nothing has been promised."""
         if not self._nowait_reads:
             return None
-        return self._try_now(os.preadv, views, offset, "_nowait_reads")
+        done, self._nowait_reads = self._try_now(os.preadv, views, offset)
+        return done
 
     def try_pwritev(self, views: Sequence[memoryview], offset: int) -> int | None:
         """`pwritev` if it can finish without waiting; None otherwise. A write that got
         part of the way is redone whole later, with the same bytes: harmless."""
         if not self._nowait_writes:
             return None
-        return self._try_now(os.pwritev, views, offset, "_nowait_writes")
+        done, self._nowait_writes = self._try_now(os.pwritev, views, offset)
+        return done
 
-    def _try_now(self, call, views: Sequence[memoryview], offset: int, switch: str) -> int | None:
+    def _try_now(self, call, views: Sequence[memoryview], offset: int) -> tuple[int | None, bool]:
+        """(bytes done or None, whether to try again later: False once this file or
+        kernel has said it cannot)."""
         if self._nowait_skip:
             self._nowait_skip -= 1
-            return None
+            return None, True
         if len(views) > IOV_MAX:
-            return None
+            return None, True
         try:
             n = call(self.fd, views, offset, self._now_flags)
         except BlockingIOError:
-            return self._would_wait()
+            return self._would_wait(), True
         except OSError as error:
             if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                setattr(self, switch, False)  # this file or kernel cannot: stop asking
-                return None
+                return None, False
             raise
         if n != sum(map(len, views)) and offset + n < self.size:
-            return self._would_wait()  # stopped where it would have waited, not at the end
+            return self._would_wait(), True  # stopped where it would wait, not at the end
         self._nowait_backoff = 0
-        return n
+        return n, True
 
     def _would_wait(self) -> None:
         self._nowait_backoff = min(max(1, 2 * self._nowait_backoff), NOWAIT_MAX_SKIP)
