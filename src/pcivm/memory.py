@@ -8,11 +8,14 @@ RAM below the 32-bit PCI hole is mapped at 0; what does not fit there is mapped 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import operator
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+
+from pcivm.iovec import IoVec
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -75,15 +78,21 @@ class GuestMemory:
         del anchor  # an export left behind would keep the mapping from ever closing
         start = -map_addr % HUGE_PAGE  # where RAM begins inside the mapping: 2 MiB-aligned
         self.host_addr = map_addr + start
+        self._map_addr = map_addr
         low = min(size, lowmem_limit)
         self.regions = [RamRegion(0, low, start)]
         if size > low:
             self.regions.append(RamRegion(FOUR_GIB, size - low, start + low))
         # (first guest address, end, a view of the region indexed from 0) per region:
-        # `view` and `views` run for every descriptor and buffer a device touches, so they
+        # `view` and `iovec` run for every descriptor and buffer a device touches, so they
         # avoid attribute lookups.
         self._region_views = tuple(
             (r.guest_phys_addr, r.end, self._view[r.offset : r.offset + r.size])
+            for r in self.regions
+        )
+        # (first guest address, end, host address minus guest address) per region.
+        self._region_hosts = tuple(
+            (r.guest_phys_addr, r.end, map_addr + r.offset - r.guest_phys_addr)
             for r in self.regions
         )
 
@@ -100,21 +109,41 @@ class GuestMemory:
                 return ram[gpa - first : end - first]
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
 
-    def views(self, addrs: list[int], lengths: list[int]) -> list[memoryview] | None:
-        """Views of many ranges at once, when they all lie inside one RAM region (the
-        common case, checked in bulk); None otherwise, and then `view` must judge each.
-        A virtio-blk request carries hundreds of buffers: this makes their views in C."""
+    def iovec(self, addrs: list[int], lengths: list[int]) -> IoVec:
+        """The ranges [addrs[i], addrs[i] + lengths[i]) by host address, for transfers
+        straight between a file and guest RAM; GuestMemoryError if any leaves RAM.
+        A virtio-blk request carries hundreds of buffers: when they all lie in one region
+        (the common case) they are checked and translated in bulk, in C."""
+        if len(addrs) != len(lengths):
+            raise ValueError("as many lengths as addresses")
         if not addrs:
-            return []
-        ends = list(map(operator.add, addrs, lengths))
-        low, high = min(addrs), max(ends)
-        for first, last, ram in self._region_views:
-            if first <= low and high <= last:
-                if first:
-                    addrs = [a - first for a in addrs]
-                    ends = [e - first for e in ends]
-                return list(map(ram.__getitem__, map(slice, addrs, ends)))
-        return None
+            return IoVec([], [], self._view[:], self._map_addr)
+        low, shortest = min(addrs), min(lengths)
+        # Every range ends at or below the highest address plus the longest length: a
+        # bound that may be loose, never wrong.
+        high = max(addrs) + max(lengths)
+        if low >= 0 and shortest >= 0:
+            for first, last, delta in self._region_hosts:
+                if first <= low and high <= last:
+                    bases = list(map(operator.add, addrs, itertools.repeat(delta)))
+                    return IoVec(bases, list(lengths), self._view[:], self._map_addr)
+        # Ranges in different regions (or the bound was loose): each on its own.
+        return IoVec(
+            list(map(self.host_address_of, addrs, lengths)),
+            list(lengths),
+            self._view[:],
+            self._map_addr,
+        )
+
+    def host_address_of(self, gpa: int, length: int) -> int:
+        """The host address of [gpa, gpa+length), which must lie inside one RAM region."""
+        if length < 0 or gpa < 0:
+            raise GuestMemoryError(f"bad guest range {gpa:#x}+{length:#x}")
+        end = gpa + length
+        for first, last, delta in self._region_hosts:
+            if first <= gpa and end <= last:
+                return gpa + delta
+        raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
 
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))

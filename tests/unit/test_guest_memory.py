@@ -48,18 +48,31 @@ def test_integer_accessors_are_little_endian():
     assert memory.read_u64(0x2000) == 2**64 - 2
 
 
-def test_views_in_bulk_stay_in_one_region_or_give_up():
+def test_iovecs_check_every_range_and_name_host_memory_inside_guest_ram():
     memory = GuestMemory(8 * MiB, lowmem_limit=4 * MiB)  # 4 MiB low, 4 MiB at 4 GiB
     memory.write(0x1000, b"abcd")
     memory.write(FOUR_GIB + 0x10, b"wxyz")
-    low = memory.views([0x1000, 0x1002], [2, 2])
-    assert [bytes(v) for v in low] == [b"ab", b"cd"]
-    high = memory.views([FOUR_GIB + 0x10], [4])
-    assert [bytes(v) for v in high] == [b"wxyz"]
-    assert memory.views([], []) == []
-    assert memory.views([0x1000, FOUR_GIB], [4, 4]) is None  # two regions: judged one by one
-    assert memory.views([4 * MiB - 2], [4]) is None  # runs past the end of low RAM
-    assert memory.views([FOUR_GIB + 4 * MiB - 2], [4]) is None
+    low = memory.iovec([0x1000, 0x1002], [2, 2])
+    assert [bytes(v) for v in low.views()] == [b"ab", b"cd"]
+    assert low.bases == [memory.host_addr + 0x1000, memory.host_addr + 0x1002]
+    high = memory.iovec([FOUR_GIB + 0x10], [4])
+    assert [bytes(v) for v in high.views()] == [b"wxyz"]
+    assert high.bases == [memory.host_addr + 4 * MiB + 0x10]  # high RAM follows low RAM
+    assert len(memory.iovec([], [])) == 0
+    # Ranges in both regions, and a bulk bound that is loose: each judged on its own.
+    both = memory.iovec([0x1000, FOUR_GIB + 0x10], [4, 4])
+    assert [bytes(v) for v in both.views()] == [b"abcd", b"wxyz"]
+    edge = memory.iovec([0x1000, 4 * MiB - 4], [16, 4])
+    assert edge.lengths == [16, 4] and edge.nbytes == 20
+    for addrs, lengths in (
+        ([4 * MiB - 2], [4]),  # runs past the end of low RAM
+        ([FOUR_GIB + 4 * MiB - 2], [4]),  # and of high RAM
+        ([0x1000, 5 * MiB], [4, 4]),  # one range in the hole
+        ([-4], [8]),
+        ([0x1000], [-1]),
+    ):
+        with pytest.raises(GuestMemoryError):
+            memory.iovec(addrs, lengths)
 
 
 def _vm_flags(addr: int) -> list[str]:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pcivm.errors import PcivmError
+from pcivm.iovec import IoVec
 from pcivm.memory import GuestMemory, MiB
 from pcivm.virtio.blk import AT_ONCE_MAX_BYTES, BlockBackend, BlockImageError, VirtioBlk
 from pcivm.virtio.constants import (
@@ -608,6 +609,34 @@ def test_transfer_goes_on_after_short_transfers():
     assert calls == list(range(0, 1024, 150))
 
 
+def test_iovec_transfer_goes_on_after_short_transfers(memory):
+    from pcivm.virtio.blk import _transfer_iovec
+
+    source = bytes(range(256)) * 4
+    lengths = [100, 1, 300, 623]
+    addrs = [0x10000 * (i + 1) for i in range(4)]
+    iov = memory.iovec(addrs, lengths)
+    calls = []
+
+    def short_read(part, fd, offset):
+        # At most 150 bytes a call, as a signal or a pipe might give.
+        calls.append(offset)
+        n = 0
+        for view in part.views():
+            take = min(len(view), 150 - n, len(source) - offset - n)
+            view[:take] = source[offset + n : offset + n + take]
+            n += take
+            if n == 150 or take < len(view):
+                break
+        return n
+
+    assert _transfer_iovec(short_read, -1, iov, 0) == 1024
+    assert b"".join(memory.read(a, n) for a, n in zip(addrs, lengths, strict=True)) == source
+    assert calls == list(range(0, 1024, 150))
+    # A read stops at the end of the file.
+    assert _transfer_iovec(lambda part, fd, offset: 0, -1, iov, 0) == 0
+
+
 def test_transfer_stops_at_end_of_file():
     from pcivm.virtio.blk import _transfer
 
@@ -683,32 +712,33 @@ def test_a_read_the_page_cache_holds_completes_on_the_kicking_thread(memory, ima
 
 def test_try_transfers_refuse_what_would_wait_and_stop_asking_a_file_that_cannot(image):
     needs_page_cache_nowait(image)
-    data = bytearray(4096)
+    memory = GuestMemory(4 * MiB)
+    data = memory.iovec([0x1000], [4096])
     try:
         direct = BlockBackend(image, cache="none", locking=False)
     except BlockImageError:
         pass  # no O_DIRECT on this filesystem
     else:
-        assert direct.try_preadv([memoryview(data)], 0) is None  # O_DIRECT waits for the disk
+        assert direct.try_preadv(data, 0) is None  # O_DIRECT waits for the disk
         direct.close()
     through = BlockBackend(image, cache="writethrough", locking=False)
-    assert through.try_pwritev([memoryview(data)], 0) is None  # O_DSYNC waits too
+    assert through.try_pwritev(data, 0) is None  # O_DSYNC waits too
     through.close()
     backend = BlockBackend(image, locking=False)
-    assert backend.try_preadv([memoryview(data)], 0) == 4096
+    assert backend.try_preadv(data, 0) == 4096
     calls = []
 
-    def unsupported(fd, views, offset, flags=0):
+    def unsupported(iov, fd, offset, flags=0):
         calls.append(flags)
         raise OSError(errno.EOPNOTSUPP, "not supported")
 
-    real = os.preadv
-    os.preadv = unsupported
+    real = IoVec.preadv
+    IoVec.preadv = unsupported
     try:
-        assert backend.try_preadv([memoryview(data)], 0) is None
-        assert backend.try_preadv([memoryview(data)], 0) is None
+        assert backend.try_preadv(data, 0) is None
+        assert backend.try_preadv(data, 0) is None
     finally:
-        os.preadv = real
+        IoVec.preadv = real
     assert len(calls) == 1  # asked once, then no more
     backend.close()
 
@@ -716,18 +746,18 @@ def test_try_transfers_refuse_what_would_wait_and_stop_asking_a_file_that_cannot
 def test_try_transfers_back_off_while_they_would_wait_and_resume_on_a_hit(image):
     needs_page_cache_nowait(image)
     backend = BlockBackend(image, locking=False)
-    data = [memoryview(bytearray(4096))]
+    data = GuestMemory(4 * MiB).iovec([0x1000], [4096])
     cached, attempts = False, []
-    real = os.preadv
+    real = IoVec.preadv
 
-    def page_cache(fd, views, offset, flags=0):
+    def page_cache(iov, fd, offset, flags=0):
         if flags & os.RWF_NOWAIT:
             attempts.append(offset)
             if not cached:
                 raise BlockingIOError(errno.EAGAIN, "would block")
-        return real(fd, views, offset, flags)
+        return real(iov, fd, offset, flags)
 
-    os.preadv = page_cache
+    IoVec.preadv = page_cache
     try:
         assert all(backend.try_preadv(data, 0) is None for _ in range(300))
         # Asked after 0, 1, 2, 4, ... 64 skipped requests, then once in 65.
@@ -735,7 +765,7 @@ def test_try_transfers_back_off_while_they_would_wait_and_resume_on_a_hit(image)
         cached = True
         results = [backend.try_preadv(data, 0) for _ in range(200)]
     finally:
-        os.preadv = real
+        IoVec.preadv = real
     assert results[-100:] == [4096] * 100  # once one attempt hit, every request is tried
     backend.close()
 
@@ -756,11 +786,13 @@ def test_an_image_in_ram_is_read_and_written_at_once():
     try:
         backend = BlockBackend(path, cache="writethrough", locking=False)
         assert backend.in_ram and filesystem_type(backend.fd) in RAM_FILESYSTEMS
-        data = bytearray(4096)
+        memory = GuestMemory(4 * MiB)
+        data = memory.iovec([0x1000], [4096])
         for _ in range(3):
-            assert backend.try_preadv([memoryview(data)], 0) == 4096
-        assert bytes(data[:6]) == b"ramram"
-        assert backend.try_pwritev([memoryview(b"w" * 512)], 512) == 512  # O_DSYNC: no disk
+            assert backend.try_preadv(data, 0) == 4096
+        assert memory.read(0x1000, 6) == b"ramram"
+        memory.write(0x2000, b"w" * 512)
+        assert backend.try_pwritev(memory.iovec([0x2000], [512]), 512) == 512  # O_DSYNC: no disk
         backend.close()
         assert image_bytes(path, 512, 512) == b"w" * 512
     finally:

@@ -16,7 +16,6 @@ from pcivm.virtio.constants import (
     VIRTQ_USED_F_NO_NOTIFY,
 )
 from pcivm.virtio.queue import (
-    DescriptorChain,
     SplitQueue,
     VirtqueueError,
     legacy_layout,
@@ -428,7 +427,7 @@ def test_an_indirect_table_in_bulk_resolves_as_the_walk_does(entries):
         return chain.readable, chain.writable, chain.readable_len, chain.writable_len, views
 
     bulk = resolve()
-    q._take_linear_table = lambda *_: False  # the walk alone
+    q._take_linear_table = lambda *_: None  # the walk alone
     assert bulk == resolve()
 
 
@@ -441,8 +440,8 @@ def test_a_linux_shaped_table_is_taken_in_bulk(memory):
             memory, i, addr, length, flags | (N if i + 1 < len(buffers) else 0), i + 1, 0x20000
         )
     put_desc(memory, 0, 0x20000, 16 * len(buffers), IND)
-    chain = DescriptorChain(0)
-    assert q._take_linear_table(chain, memory.view(0x20000, 16 * len(buffers)))
+    chain = q._take_linear_table(0, memory.view(0x20000, 16 * len(buffers)))
+    assert chain is not None
     assert chain.readable == [(0x30000, 16)]
     assert chain.writable == [(a, n) for a, n, _ in buffers[1:]]
     assert (chain.readable_len, chain.writable_len) == (16, 32 * 4096 + 1)

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pcivm.errors import PcivmError
+from pcivm.iovec import IOV_MAX, IoVec
 from pcivm.memory import GuestMemory
 from pcivm.virtio.constants import (
     VIRTIO_BLK_F_BLK_SIZE,
@@ -128,10 +129,6 @@ _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86_64 (l_pid 0 for O
 def _zero_buffer(size: int) -> mmap.mmap:
     # Anonymous mappings are page aligned and zero: good for O_DIRECT.
     return mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-
-
-def _address(view: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 class BlockBackend:
@@ -250,46 +247,42 @@ class BlockBackend:
             buffer.close()
 
     # -- data --
+    # Transfers to and from guest RAM take an `IoVec` (checked ranges, by host address);
+    # the bounce buffers and the zeros of write_zeroes are the VMM's own, as views.
 
-    def _aligned(self, views: Sequence[memoryview], offset: int) -> bool:
-        a = self.alignment
-        if a == 1:
-            return True
-        return offset % a == 0 and all(len(v) % a == 0 and _address(v) % a == 0 for v in views)
-
-    def try_preadv(self, views: Sequence[memoryview], offset: int) -> int | None:
+    def try_preadv(self, iov: IoVec, offset: int) -> int | None:
         """`preadv` if it can finish without waiting (the data is in the page cache);
         None when it would wait, and then nothing has been promised."""
         if not self._nowait_reads:
             return None
-        done, self._nowait_reads = self._try_now(os.preadv, views, offset)
+        done, self._nowait_reads = self._try_now(IoVec.preadv, iov, offset)
         return done
 
-    def try_pwritev(self, views: Sequence[memoryview], offset: int) -> int | None:
+    def try_pwritev(self, iov: IoVec, offset: int) -> int | None:
         """`pwritev` if it can finish without waiting; None otherwise. A write that got
         part of the way is redone whole later, with the same bytes: harmless."""
         if not self._nowait_writes:
             return None
-        done, self._nowait_writes = self._try_now(os.pwritev, views, offset)
+        done, self._nowait_writes = self._try_now(IoVec.pwritev, iov, offset)
         return done
 
-    def _try_now(self, call, views: Sequence[memoryview], offset: int) -> tuple[int | None, bool]:
+    def _try_now(self, call, iov: IoVec, offset: int) -> tuple[int | None, bool]:
         """(bytes done or None, whether to try again later: False once this file or
         kernel has said it cannot)."""
         if self._nowait_skip:
             self._nowait_skip -= 1
             return None, True
-        if len(views) > IOV_MAX:
+        if len(iov) > IOV_MAX:
             return None, True
         try:
-            n = call(self.fd, views, offset, self._now_flags)
+            n = call(iov, self.fd, offset, self._now_flags)
         except BlockingIOError:
             return self._would_wait(), True
         except OSError as error:
             if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 return None, False
             raise
-        if n != sum(map(len, views)) and offset + n < self.size:
+        if n != iov.nbytes and offset + n < self.size:
             return self._would_wait(), True  # stopped where it would wait, not at the end
         self._nowait_backoff = 0
         return n, True
@@ -298,16 +291,20 @@ class BlockBackend:
         self._nowait_backoff = min(max(1, 2 * self._nowait_backoff), NOWAIT_MAX_SKIP)
         self._nowait_skip = self._nowait_backoff
 
-    def preadv(self, views: Sequence[memoryview], offset: int) -> int:
-        """Read into `views` from `offset` until they are full or the file ends."""
-        if not self._aligned(views, offset):
-            return self._bounce_read(views, offset)
-        return _transfer(os.preadv, self.fd, views, offset)
+    def preadv(self, iov: IoVec, offset: int) -> int:
+        """Read into `iov` from `offset` until it is full or the file ends."""
+        if not self._aligned(iov, offset):
+            return self._bounce_read(iov.views(), offset)
+        return _transfer_iovec(IoVec.preadv, self.fd, iov, offset)
 
-    def pwritev(self, views: Sequence[memoryview], offset: int) -> int:
-        if not self._aligned(views, offset):
-            return self._bounce_write(views, offset)
-        return _transfer(os.pwritev, self.fd, views, offset)
+    def pwritev(self, iov: IoVec, offset: int) -> int:
+        if not self._aligned(iov, offset):
+            return self._bounce_write(iov.views(), offset)
+        return _transfer_iovec(IoVec.pwritev, self.fd, iov, offset)
+
+    def _aligned(self, iov: IoVec, offset: int) -> bool:
+        a = self.alignment
+        return a == 1 or (offset % a == 0 and iov.aligned(a))
 
     # O_DIRECT wants the file offset, the length and the memory aligned. A guest that keeps
     # to the blk_size it is told does that already (guest pages are aligned in the host
@@ -384,7 +381,7 @@ class BlockBackend:
             done = 0
             while done < length:
                 n = min(chunk, length - done)
-                self.pwritev([memoryview(zeros)[:n]], offset + done)
+                _transfer(os.pwritev, self.fd, [memoryview(zeros)[:n]], offset + done)
                 done += n
         finally:
             zeros.close()
@@ -395,7 +392,6 @@ class BlockBackend:
             self.fd = -1
 
 
-IOV_MAX = os.sysconf("SC_IOV_MAX")
 NOWAIT_MAX_SKIP = 64
 # The most a transfer done at once (on the kick thread, under the device lock) may move:
 # Linux's largest request here (max_sectors_kb 1280) fits; a larger chain waits for a
@@ -403,8 +399,21 @@ NOWAIT_MAX_SKIP = 64
 AT_ONCE_MAX_BYTES = 2 << 20
 
 
+def _transfer_iovec(call, fd: int, iov: IoVec, offset: int) -> int:
+    """`IoVec.preadv`/`pwritev` until every range is done; a read stops early at end of
+    file. One call does IOV_MAX ranges at most: a longer IoVec takes several."""
+    done = 0
+    while iov.nbytes:
+        n = call(iov, fd, offset + done)
+        if n == 0:
+            break
+        done += n
+        iov = iov.after(n)
+    return done
+
+
 def _transfer(call, fd: int, views: list[memoryview], offset: int) -> int:
-    """preadv/pwritev until every view is done; a read stops early at end of file."""
+    """os.preadv/pwritev until every view is done; a read stops early at end of file."""
     done = 0
     while views:
         batch = views[:IOV_MAX]
@@ -610,9 +619,9 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR, 0
         if now and length > AT_ONCE_MAX_BYTES:
             return None
-        views = request.chain.writable_views(0, length)
+        iov = request.chain.writable_iovec(0, length)
         call = self.backend.try_preadv if now else self.backend.preadv
-        done = call(views, request.sector * SECTOR)
+        done = call(iov, request.sector * SECTOR)
         if done is None:
             return None
         if done != length:
@@ -625,9 +634,9 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR, 0
         if now and length > AT_ONCE_MAX_BYTES:
             return None
-        views = request.chain.readable_views(_HEADER.size)
+        iov = request.chain.readable_iovec(_HEADER.size)
         call = self.backend.try_pwritev if now else self.backend.pwritev
-        done = call(views, request.sector * SECTOR)
+        done = call(iov, request.sector * SECTOR)
         if done is None:
             return None
         if done != length:

@@ -1,0 +1,100 @@
+"""IoVec: transfers between a file and guest RAM by host address, and its parts."""
+
+import errno
+import os
+
+import pytest
+
+from pcivm.iovec import IOV_MAX
+from pcivm.memory import GuestMemory, MiB
+from pcivm.virtio.blk import _transfer_iovec
+
+
+@pytest.fixture
+def memory():
+    memory = GuestMemory(8 * MiB)
+    yield memory
+    memory.close()
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    fd = os.open(path, os.O_RDWR)
+    yield fd
+    os.close(fd)
+
+
+def test_a_read_scatters_the_file_into_each_range_and_nothing_else(memory, data_file):
+    memory.write(0x10000, b"\xee" * 0x3000)
+    iov = memory.iovec([0x10010, 0x12000], [100, 28])
+    assert iov.preadv(data_file, 3) == 128
+    expected = bytes(range(256)) * 64
+    assert memory.read(0x10010, 100) == expected[3:103]
+    assert memory.read(0x12000, 28) == expected[103:131]
+    # The bytes around each range are untouched.
+    assert memory.read(0x10000, 0x10) == b"\xee" * 0x10
+    assert memory.read(0x10010 + 100, 0x1000) == b"\xee" * 0x1000
+    assert memory.read(0x12000 + 28, 0x100) == b"\xee" * 0x100
+
+
+def test_a_write_gathers_the_ranges_in_order(memory, data_file):
+    memory.write(0x20000, b"head")
+    memory.write(0x30000, b"tail")
+    iov = memory.iovec([0x20000, 0x30000], [4, 4])
+    assert iov.pwritev(data_file, 10) == 8
+    assert os.pread(data_file, 8, 10) == b"headtail"
+
+
+def test_parts_cut_ranges_from_both_ends(memory):
+    iov = memory.iovec([0x1000, 0x2000, 0x3000], [16, 32, 8])
+    assert iov.nbytes == 56
+    part = iov.trimmed(20, 30)  # 4 bytes into the second range, up to 2 into the third
+    assert list(zip(part.bases, part.lengths, strict=True)) == [
+        (memory.host_addr + 0x2004, 28),
+        (memory.host_addr + 0x3000, 2),
+    ]
+    assert part.nbytes == 30
+    assert iov.trimmed(0) is iov
+    assert len(iov.trimmed(56)) == 0 and len(iov.trimmed(10, 0)) == 0
+    assert iov.after(48).lengths == [8]
+    assert iov.section(1, 3).lengths == [32, 8]
+    assert iov.bases == [memory.host_addr + a for a in (0x1000, 0x2000, 0x3000)]  # unchanged
+
+
+def test_alignment_looks_at_every_start_and_length(memory):
+    assert memory.iovec([0x1000, 0x3000], [0x1000, 0x200]).aligned(512)
+    assert not memory.iovec([0x1000, 0x3000], [0x1000, 0x100]).aligned(512)
+    assert not memory.iovec([0x1000, 0x3100], [0x1000, 0x200]).aligned(512)
+
+
+def test_more_ranges_than_one_call_takes_are_done_in_several(memory, data_file):
+    count = IOV_MAX + 3
+    iov = memory.iovec([0x100000 + 16 * i for i in range(count)], [8] * count)
+    assert iov.preadv(data_file, 0) == 8 * IOV_MAX  # the kernel's limit: one call, the first
+    done = _transfer_iovec(type(iov).preadv, data_file, iov, 0)
+    assert done == 8 * count
+    file = bytes(range(256)) * 64
+    assert memory.read(0x100000 + 16 * (count - 1), 8) == file[8 * (count - 1) : 8 * count]
+
+
+def test_errors_are_the_oserrors_os_preadv_raises(memory, tmp_path):
+    iov = memory.iovec([0x1000], [16])
+    with pytest.raises(OSError) as raised:
+        iov.preadv(-1, 0)
+    assert raised.value.errno == errno.EBADF
+    directory = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(IsADirectoryError):
+            iov.preadv(directory, 0)
+    finally:
+        os.close(directory)
+
+
+def test_an_iovec_keeps_guest_ram_mapped_until_it_is_gone(data_file):
+    memory = GuestMemory(8 * MiB)
+    iov = memory.iovec([0x1000], [16])
+    memory.close()  # the pages are released, the mapping stays while the IoVec lives
+    assert iov.preadv(data_file, 0) == 16
+    assert bytes(iov.view(0)) == bytes(range(16))
