@@ -6,15 +6,17 @@ QEMU's OFD byte-range locks so that two VMMs (pcivm or QEMU) cannot both write a
 
 `VirtioBlk` parses each request from the chain as a byte stream (header, data, status
 byte as the last writable byte: the device assumes no particular framing, 2.7.4), checks
-it, and moves the data with `os.preadv`/`os.pwritev` straight between the image and
-memoryviews of guest RAM. Every read or write is first tried with RWF_NOWAIT on the
-thread that took the kick: what the page cache holds is done at once, under the device
-lock, with no other thread involved. What would wait for the disk (and flush, discard,
-write zeroes) runs on a small set of worker threads (workers.py): preadv/pwritev release
-the GIL, so several requests are in flight at once and complete in whatever order the
-host finishes them; the used ring is written under the device lock. The thread that
-takes a kick (ioevents.py) does the first of those itself. `workers=0` runs each request
-inline on the notifying thread (deterministic, for tests).
+it, and moves the data with preadv2/pwritev2 straight between the image and guest RAM
+(an `IoVec`: checked host addresses, one iovec array). Every read or write is first
+tried with RWF_NOWAIT on the thread that took the kick: what the page cache holds is
+done at once, under the device lock, with no other thread involved. What would wait for
+the disk (and flush, discard, write zeroes) runs on a small set of worker threads
+(workers.py): preadv2/pwritev2 release the GIL, so several requests are in flight at
+once and complete in whatever order the host finishes them; the used ring is written
+under the device lock. The thread that takes a kick (ioevents.py) does the first of
+those itself. A large read done at once that copies slowly (as in the box) is shared
+with an idle worker (SHARE_MIN_NS). `workers=0` runs each request inline on the
+notifying thread (deterministic, for tests).
 
 Measured natively on a 2-CPU host, the driver in a second process sharing guest RAM:
 four cached 4 KiB reads in flight cost 9 us of VMM user CPU per request done at once
