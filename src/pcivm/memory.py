@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pcivm.iovec import IoVec
+from pcivm.iovec import FEW_RANGES, IoVec
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -116,24 +116,23 @@ class GuestMemory:
         (the common case) they are checked and translated in bulk, in C."""
         if len(addrs) != len(lengths):
             raise ValueError("as many lengths as addresses")
-        if not addrs:
-            return IoVec([], [], self._view[:], self._map_addr)
+        if len(addrs) <= FEW_RANGES:
+            # A few ranges: a view of each (checked one by one) is what os.preadv takes.
+            return IoVec(list(lengths), views=list(map(self.view, addrs, lengths)))
         low, shortest = min(addrs), min(lengths)
-        # Every range ends at or below the highest address plus the longest length: a
-        # bound that may be loose, never wrong.
+        # Every range ends at or below the highest address plus the longest length: a bound
+        # that may be loose, never wrong.
         high = max(addrs) + max(lengths)
+        bases = None
         if low >= 0 and shortest >= 0:
             for first, last, delta in self._region_hosts:
                 if first <= low and high <= last:
                     bases = list(map(operator.add, addrs, itertools.repeat(delta)))
-                    return IoVec(bases, list(lengths), self._view[:], self._map_addr)
-        # Ranges in different regions (or the bound was loose): each on its own.
-        return IoVec(
-            list(map(self.host_address_of, addrs, lengths)),
-            list(lengths),
-            self._view[:],
-            self._map_addr,
-        )
+                    break
+        if bases is None:
+            # Ranges in different regions, or the bound was loose: each on its own.
+            bases = list(map(self.host_address_of, addrs, lengths))
+        return IoVec(list(lengths), bases=bases, ram=self._view[:], origin=self._map_addr)
 
     def host_address_of(self, gpa: int, length: int) -> int:
         """The host address of [gpa, gpa+length), which must lie inside one RAM region."""

@@ -50,16 +50,18 @@ def test_a_write_gathers_the_ranges_in_order(memory, data_file):
 def test_parts_cut_ranges_from_both_ends(memory):
     iov = memory.iovec([0x1000, 0x2000, 0x3000], [16, 32, 8])
     assert iov.nbytes == 56
-    part = iov.trimmed(20, 30)  # 4 bytes into the second range, up to 2 into the third
+    part = iov.part(0, 3, 20, 30)  # 4 bytes into the second range, up to 2 into the third
     assert list(zip(part.bases, part.lengths, strict=True)) == [
         (memory.host_addr + 0x2004, 28),
         (memory.host_addr + 0x3000, 2),
     ]
     assert part.nbytes == 30
-    assert iov.trimmed(0) is iov
-    assert len(iov.trimmed(56)) == 0 and len(iov.trimmed(10, 0)) == 0
-    assert iov.after(48).lengths == [8]
-    assert iov.section(1, 3).lengths == [32, 8]
+    assert iov.part(0, 3) is iov
+    assert len(iov.after(56)) == 0 and len(iov.part(0, 3, 10, 0)) == 0
+    assert iov.after(48).lengths == [8] and iov.after(48).nbytes == 8
+    assert iov.part(1, 3).lengths == [32, 8] and iov.part(1, 3).nbytes == 40
+    second = iov.part(1, 2, 8)  # within the second range only
+    assert (second.bases, second.lengths, second.nbytes) == ([memory.host_addr + 0x2008], [24], 24)
     assert iov.bases == [memory.host_addr + a for a in (0x1000, 0x2000, 0x3000)]  # unchanged
 
 

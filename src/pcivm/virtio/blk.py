@@ -680,7 +680,7 @@ class VirtioBlk(VirtioDevice):
             and self._workers is not None
         ):
             half = len(iov) // 2
-            iov, rest = iov.section(0, half), iov.section(half, len(iov))
+            iov, rest = iov.part(0, half), iov.part(half, len(iov))
             part = _SharedPart(rest, offset + iov.nbytes)
             self._workers.submit(part)
         started = time.monotonic_ns()

@@ -137,11 +137,11 @@ class DescriptorChain:
 
     def readable_iovec(self, skip: int = 0, limit: int | None = None) -> IoVec:
         """The readable buffers, `skip` bytes in, at most `limit` bytes: for transfers."""
-        return self._iov.section(0, self._readable).trimmed(skip, limit)
+        return self._iov.part(0, self._readable, skip, limit)
 
     def writable_iovec(self, skip: int = 0, limit: int | None = None) -> IoVec:
         """The writable buffers, `skip` bytes in, at most `limit` bytes: for transfers."""
-        return self._iov.section(self._readable, len(self._iov)).trimmed(skip, limit)
+        return self._iov.part(self._readable, len(self._iov), skip, limit)
 
     def readable_views(self, skip: int = 0, limit: int | None = None) -> list[memoryview]:
         """Views of the readable buffers, `skip` bytes in, at most `limit` bytes."""
@@ -304,6 +304,7 @@ class SplitQueue:
             raise self._chain_error(head, f"head index out of range (queue size {self.size})")
         addrs: list[int] = []
         lengths: list[int] = []
+        views: list[memoryview] = []  # each made, and so checked, as the walk reaches it
         readable = 0
         unpack = _DESC.unpack_from
         table, table_len = self._desc_view, self.size
@@ -342,7 +343,7 @@ class SplitQueue:
             if total > MAX_CHAIN_BYTES:
                 raise self._chain_error(head, "more than 4 GiB in total")
             if length:
-                self._buffer(head, addr, length)
+                views.append(self._buffer(head, addr, length))
                 if not flags & VIRTQ_DESC_F_WRITE:
                     if readable < len(addrs):
                         # 2.7.4.2: device-readable buffers come before device-writable ones.
@@ -351,7 +352,8 @@ class SplitQueue:
                 addrs.append(addr)
                 lengths.append(length)
             if not flags & VIRTQ_DESC_F_NEXT:
-                return DescriptorChain(head, addrs, self.memory.iovec(addrs, lengths), readable)
+                iov = IoVec(lengths, views=views, nbytes=total)
+                return DescriptorChain(head, addrs, iov, readable)
             index = nxt
 
     def _take_linear_table(self, head: int, table: memoryview) -> DescriptorChain | None:
