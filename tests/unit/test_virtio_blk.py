@@ -15,13 +15,7 @@ from hypothesis import strategies as st
 from pcivm.errors import PcivmError
 from pcivm.iovec import IoVec
 from pcivm.memory import GuestMemory, MiB
-from pcivm.virtio.blk import (
-    AT_ONCE_MAX_BYTES,
-    SHARE_MIN_NS,
-    BlockBackend,
-    BlockImageError,
-    VirtioBlk,
-)
+from pcivm.virtio.blk import AT_ONCE_MAX_BYTES, BlockBackend, BlockImageError, VirtioBlk
 from pcivm.virtio.constants import (
     DEVICE_NEEDS_RESET,
     VIRTIO_BLK_F_DISCARD,
@@ -40,13 +34,7 @@ from pcivm.virtio.constants import (
     VIRTQ_DESC_F_WRITE,
 )
 from pcivm.virtio.rng import VirtioRng
-from pcivm.virtio.testing import (
-    BlkDriver,
-    DirectTransport,
-    GuestAllocator,
-    RngDriver,
-    VirtioDriver,
-)
+from pcivm.virtio.testing import BlkDriver, DirectTransport, RngDriver, VirtioDriver
 
 IMAGE_SIZE = 4 * MiB
 SECTORS = IMAGE_SIZE // 512
@@ -708,54 +696,6 @@ def test_a_read_the_page_cache_holds_completes_on_the_kicking_thread(memory, ima
     assert len(device._workers._threads) == 1
     assert drv.write(8, b"w" * 4096).status == VIRTIO_BLK_S_OK
     assert image_bytes(image, 8 * 512, 4096) == b"w" * 4096
-    device.close()
-
-
-def test_a_large_read_that_copies_slowly_is_shared_with_an_idle_worker(memory, image):
-    device, drv = start(memory, image, workers=2)
-    drv.driver.buffers = GuestAllocator(0x400000, 16 * MiB)  # room for five 1 MiB reads
-    pattern = bytes(range(256)) * 4096  # 1 MiB
-    with open(image, "r+b") as f:
-        f.write(pattern)  # in the page cache (or in RAM) now
-    if not device.backend._nowait_reads:
-        pytest.skip("the test's filesystem has no at-once reads")
-    header = struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0)
-
-    def read_at_once():
-        request = drv.driver.submit(0, [header], [4096] * 256 + [1], indirect=True, kick=False)
-        device.notify(0, on_kick_thread=True)
-        assert drv.driver.poll(0) == [request]  # used before the kick returned
-        assert drv.result(request).data == pattern
-        return request
-
-    # This host copies fast (the first read, alone, measures it: well under a second),
-    # and a read copied fast is not shared: no worker thread is ever started.
-    read_at_once()
-    assert 0 < device._copy_ns_per_kib * 1024 < 1e9
-    device._copy_ns_per_kib = 0
-    read_at_once()
-    assert device._workers._threads == []
-    # A host where the copy is slow (as in the box): half the read is a worker's.
-    device._copy_ns_per_kib = SHARE_MIN_NS  # a KiB takes as long as the threshold
-    read_at_once()
-    assert len(device._workers._threads) == 1
-    assert device._copy_ns_per_kib != SHARE_MIN_NS  # measured again, on the kick thread's half
-    # A worker whose half fails: the read is done again whole, through the pool.
-    device._copy_ns_per_kib = SHARE_MIN_NS
-    real, failed = device.backend.preadv, []
-
-    def fail_once(iov, offset):
-        if not failed:
-            failed.append(offset)
-            raise OSError(errno.EIO, "I/O error")
-        return real(iov, offset)
-
-    device.backend.preadv = fail_once
-    request = drv.driver.submit(0, [header], [4096] * 256 + [1], indirect=True, kick=False)
-    device.notify(0, on_kick_thread=True)
-    assert failed == [512 * 1024]  # the second half's offset
-    assert drv.result(request).status == VIRTIO_BLK_S_OK
-    assert drv.result(request).data == pattern
     device.close()
 
 

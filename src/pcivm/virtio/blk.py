@@ -14,9 +14,8 @@ the disk (and flush, discard, write zeroes) runs on a small set of worker thread
 (workers.py): preadv2/pwritev2 release the GIL, so several requests are in flight at
 once and complete in whatever order the host finishes them; the used ring is written
 under the device lock. The thread that takes a kick (ioevents.py) does the first of
-those itself. A large read done at once that copies slowly (as in the box) is shared
-with an idle worker (SHARE_MIN_NS). `workers=0` runs each request inline on the
-notifying thread (deterministic, for tests).
+those itself. `workers=0` runs each request inline on the notifying thread
+(deterministic, for tests).
 
 Measured natively on a 2-CPU host, the driver in a second process sharing guest RAM:
 four cached 4 KiB reads in flight cost 9 us of VMM user CPU per request done at once
@@ -36,7 +35,6 @@ import os
 import stat
 import struct
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -400,13 +398,6 @@ NOWAIT_MAX_SKIP = 64
 # Linux's largest request here (max_sectors_kb 1280) fits; a larger chain waits for a
 # worker, so that no single guest request holds the device for long.
 AT_ONCE_MAX_BYTES = 2 << 20
-# A read done at once from this size on, while no other request is in flight, is shared
-# with an idle worker thread (each copies half) when one thread's copy of it is expected
-# to take longer than SHARE_MIN_NS: then the hand-off (a wake-up and a lock) costs less
-# than the half copy it saves. Measured: natively a cached 1 MiB read copies in 50-100 us
-# (never shared); in the box, where an emulated CPU copies, it takes milliseconds.
-SHARE_MIN_BYTES = 256 << 10
-SHARE_MIN_NS = 500_000
 
 
 def _transfer_iovec(call, fd: int, iov: IoVec, offset: int) -> int:
@@ -454,18 +445,6 @@ _SEGMENT = struct.Struct("<QII")  # le64 sector, le32 num_sectors, le32 flags
 DEFAULT_QUEUE_SIZE = 256
 MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB per segment, QEMU's default
 MAX_DISCARD_SEGMENTS = 32
-
-
-class _SharedPart:
-    """The half of a read that a worker does: its lock is held until the worker is done."""
-
-    __slots__ = ("iov", "offset", "done", "lock")
-
-    def __init__(self, iov: IoVec, offset: int):
-        self.iov, self.offset = iov, offset
-        self.done: int | None = None
-        self.lock = threading.Lock()
-        self.lock.acquire()
 
 
 @dataclass(slots=True)
@@ -537,8 +516,6 @@ class VirtioBlk(VirtioDevice):
         # While a kick thread drains the queue (under the lock): where the request it
         # keeps for itself goes.
         self._kept: list[_Request] | None = None
-        # Nanoseconds a KiB of the last large read done at once took (see SHARE_MIN_NS).
-        self._copy_ns_per_kib = 0.0
         self._reported_io_error = False
 
     # -- requests --
@@ -585,10 +562,7 @@ class VirtioBlk(VirtioDevice):
         else:
             self._workers.submit(request)
 
-    def _run(self, request: _Request | _SharedPart) -> None:
-        if type(request) is _SharedPart:
-            self._run_part(request)
-            return
+    def _run(self, request: _Request) -> None:
         result = (VIRTIO_BLK_S_IOERR, 0)
         try:
             result = self._execute(request)
@@ -599,14 +573,6 @@ class VirtioBlk(VirtioDevice):
                     self._finish(request, *result)
                 if not self._in_flight:
                     self._idle.notify_all()  # a reset may be waiting for this
-
-    def _run_part(self, part: _SharedPart) -> None:
-        try:
-            part.done = self.backend.preadv(part.iov, part.offset)
-        except OSError:
-            pass  # the read is done again whole, which reports the error
-        finally:
-            part.lock.release()
 
     def _finish(self, request: _Request, status: int, written: int) -> None:
         request.chain.write_last_byte(status)
@@ -655,46 +621,13 @@ class VirtioBlk(VirtioDevice):
         if now and length > AT_ONCE_MAX_BYTES:
             return None
         iov = request.chain.writable_iovec(0, length)
-        offset = request.sector * SECTOR
-        if not now:
-            done = self.backend.preadv(iov, offset)
-        elif length < SHARE_MIN_BYTES:
-            done = self.backend.try_preadv(iov, offset)
-        else:
-            done = self._read_large_now(iov, offset)
+        call = self.backend.try_preadv if now else self.backend.preadv
+        done = call(iov, request.sector * SECTOR)
         if done is None:
             return None
         if done != length:
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, length
-
-    def _read_large_now(self, iov: IoVec, offset: int) -> int | None:
-        """A large read done at once, on the kick thread: shared with an idle worker when
-        copying it takes long here (SHARE_MIN_NS), alone otherwise; timed, to know."""
-        kib = iov.nbytes >> 10
-        part = None
-        if (
-            self._copy_ns_per_kib * kib > SHARE_MIN_NS
-            and not self._in_flight
-            and len(iov) > 1
-            and self._workers is not None
-        ):
-            half = len(iov) // 2
-            iov, rest = iov.part(0, half), iov.part(half, len(iov))
-            part = _SharedPart(rest, offset + iov.nbytes)
-            self._workers.submit(part)
-        started = time.monotonic_ns()
-        done = self.backend.try_preadv(iov, offset)
-        if done is not None:
-            # Measured on this thread's part, shared or not: a host that copies fast
-            # stops sharing after one read.
-            self._copy_ns_per_kib = (time.monotonic_ns() - started) / max(1, iov.nbytes >> 10)
-        if part is not None:
-            part.lock.acquire()  # the worker's half is done (it takes no device lock)
-            if done is None or part.done is None:
-                return None  # the whole read goes to the pool; what was copied is redone
-            done += part.done
-        return done
 
     def _write(self, request: _Request, now: bool) -> tuple[int, int] | None:
         length = request.chain.readable_len - _HEADER.size
