@@ -51,19 +51,19 @@ class IoVec:
     def __init__(
         self,
         lengths: list[int],
-        *,
+        nbytes: int,
         views: list[memoryview] | None = None,
         bases: list[int] | None = None,
         ram: memoryview | None = None,
         origin: int = 0,
-        nbytes: int | None = None,
     ):
         # Views are safe by construction (each reaches only what it views); host
         # addresses only `GuestMemory.iovec` gives, having checked every range. With
         # those, `ram` is a view of the whole mapping and `origin` its host address:
-        # views are cut from it, and it keeps the mapping alive.
+        # views are cut from it, and it keeps the mapping alive. `nbytes` is
+        # sum(lengths), which every maker knows already.
         self.lengths = lengths
-        self.nbytes = sum(lengths) if nbytes is None else nbytes
+        self.nbytes = nbytes
         self._views = views
         self._bases = bases
         self._ram = ram
@@ -95,18 +95,18 @@ class IoVec:
 
     # -- parts --
 
-    def part(self, first: int, last: int, skip: int = 0, limit: int | None = None) -> IoVec:
-        """Ranges `first` up to (not including) `last`, from `skip` bytes into them, at
-        most `limit` bytes. Cut from both ends, so the cost is the number of ranges cut,
-        not of ranges."""
-        lengths = self.lengths
-        whole = first == 0 and last == len(lengths)
-        total = self.nbytes if whole else sum(lengths[first:last])
+    def trimmed(self, skip: int, limit: int | None = None) -> IoVec:
+        """The ranges from `skip` bytes in, at most `limit` bytes of them. Cut from both
+        ends, so the cost is the number of ranges cut, not of ranges (a 1 MiB read is
+        256 data buffers between a header and a status byte)."""
+        total = self.nbytes
         end = total if limit is None else min(total, skip + max(limit, 0))
-        if skip >= end:
-            return self._made([], [] if self._views is not None else None, [], 0)
-        if skip == 0 and end == total and whole:
+        if skip == 0 and end == total:
             return self
+        if skip >= end:
+            return IoVec([], 0, [])
+        lengths = self.lengths
+        first, last = 0, len(lengths)
         nbytes = end - skip
         while skip >= lengths[first]:
             skip -= lengths[first]
@@ -116,30 +116,25 @@ class IoVec:
             cut -= lengths[last - 1]
             last -= 1
         lengths = lengths[first:last]
-        if self._views is not None:
-            views, bases = self._views[first:last], None
-            if cut:
-                views[-1] = views[-1][: len(views[-1]) - cut]
-            if skip:
-                views[0] = views[0][skip:]
-        else:
-            views, bases = None, self._bases[first:last]
-            if skip:
-                bases[0] += skip
         if cut:
             lengths[-1] -= cut
         if skip:
             lengths[0] -= skip
-        return self._made(lengths, views, bases, nbytes)
-
-    def _made(self, lengths, views, bases, nbytes) -> IoVec:
-        return IoVec(
-            lengths, views=views, bases=bases, ram=self._ram, origin=self._origin, nbytes=nbytes
-        )
+        if self._views is not None:
+            views = self._views[first:last]
+            if cut:
+                views[-1] = views[-1][: len(views[-1]) - cut]
+            if skip:
+                views[0] = views[0][skip:]
+            return IoVec(lengths, nbytes, views)
+        bases = self._bases[first:last]
+        if skip:
+            bases[0] += skip
+        return IoVec(lengths, nbytes, None, bases, self._ram, self._origin)
 
     def after(self, done: int) -> IoVec:
         """What is left once the first `done` bytes have been transferred."""
-        return self.part(0, len(self.lengths), done)
+        return self.trimmed(done)
 
     def aligned(self, alignment: int) -> bool:
         """Every range starts and ends on a multiple of `alignment` (O_DIRECT's rule)."""
@@ -150,15 +145,26 @@ class IoVec:
 
     def preadv(self, fd: int, offset: int, flags: int = 0) -> int:
         """One preadv2(2) into the ranges (the first IOV_MAX of them): the bytes read."""
-        if len(self.lengths) <= FEW_RANGES:
-            return os.preadv(fd, self.views(), offset, flags)
+        views = self._few_views()
+        if views is not None:
+            return os.preadv(fd, views, offset, flags)
         return self._call(_preadv2, fd, offset, flags)
 
     def pwritev(self, fd: int, offset: int, flags: int = 0) -> int:
         """One pwritev2(2) from the ranges (the first IOV_MAX of them): the bytes written."""
-        if len(self.lengths) <= FEW_RANGES:
-            return os.pwritev(fd, self.views(), offset, flags)
+        views = self._few_views()
+        if views is not None:
+            return os.pwritev(fd, views, offset, flags)
         return self._call(_pwritev2, fd, offset, flags)
+
+    def _few_views(self) -> list[memoryview] | None:
+        """The views one os.preadv call takes, or None where the iovec array is cheaper."""
+        views = self._views
+        if views is not None:
+            return views if len(views) <= IOV_MAX else views[:IOV_MAX]
+        if len(self.lengths) <= FEW_RANGES:
+            return self.views()
+        return None
 
     def _call(self, call, fd: int, offset: int, flags: int) -> int:
         vector = self._array

@@ -118,7 +118,7 @@ class GuestMemory:
             raise ValueError("as many lengths as addresses")
         if len(addrs) <= FEW_RANGES:
             # A few ranges: a view of each (checked one by one) is what os.preadv takes.
-            return IoVec(list(lengths), views=list(map(self.view, addrs, lengths)))
+            return IoVec(list(lengths), sum(lengths), list(map(self.view, addrs, lengths)))
         low, shortest = min(addrs), min(lengths)
         # Every range ends at or below the highest address plus the longest length: a bound
         # that may be loose, never wrong.
@@ -132,7 +132,7 @@ class GuestMemory:
         if bases is None:
             # Ranges in different regions, or the bound was loose: each on its own.
             bases = list(map(self.host_address_of, addrs, lengths))
-        return IoVec(list(lengths), bases=bases, ram=self._view[:], origin=self._map_addr)
+        return IoVec(list(lengths), sum(lengths), None, bases, self._view[:], self._map_addr)
 
     def host_address_of(self, gpa: int, length: int) -> int:
         """The host address of [gpa, gpa+length), which must lie inside one RAM region."""

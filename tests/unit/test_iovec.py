@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pcivm.iovec import IOV_MAX
+from pcivm.iovec import IOV_MAX, IoVec
 from pcivm.memory import GuestMemory, MiB
 from pcivm.virtio.blk import _transfer_iovec
 
@@ -48,21 +48,21 @@ def test_a_write_gathers_the_ranges_in_order(memory, data_file):
 
 
 def test_parts_cut_ranges_from_both_ends(memory):
-    iov = memory.iovec([0x1000, 0x2000, 0x3000], [16, 32, 8])
-    assert iov.nbytes == 56
-    part = iov.part(0, 3, 20, 30)  # 4 bytes into the second range, up to 2 into the third
-    assert list(zip(part.bases, part.lengths, strict=True)) == [
-        (memory.host_addr + 0x2004, 28),
-        (memory.host_addr + 0x3000, 2),
-    ]
-    assert part.nbytes == 30
-    assert iov.part(0, 3) is iov
-    assert len(iov.after(56)) == 0 and len(iov.part(0, 3, 10, 0)) == 0
-    assert iov.after(48).lengths == [8] and iov.after(48).nbytes == 8
-    assert iov.part(1, 3).lengths == [32, 8] and iov.part(1, 3).nbytes == 40
-    second = iov.part(1, 2, 8)  # within the second range only
-    assert (second.bases, second.lengths, second.nbytes) == ([memory.host_addr + 0x2008], [24], 24)
-    assert iov.bases == [memory.host_addr + a for a in (0x1000, 0x2000, 0x3000)]  # unchanged
+    for iov in (
+        memory.iovec([0x1000, 0x2000, 0x3000], [16, 32, 8]),  # views
+        memory.iovec([0x1000 * (i + 1) for i in range(10)], [16, 32, 8] + [4] * 7),  # addresses
+    ):
+        part = iov.trimmed(20, 30)  # 4 bytes into the second range, up to 2 into the third
+        assert list(zip(part.bases, part.lengths, strict=True)) == [
+            (memory.host_addr + 0x2004, 28),
+            (memory.host_addr + 0x3000, 2),
+        ]
+        assert part.nbytes == 30
+        assert [bytes(v) for v in part.views()] == [bytes(28), bytes(2)]
+        assert iov.trimmed(0) is iov
+        assert len(iov.after(iov.nbytes)) == 0 and len(iov.trimmed(10, 0)) == 0
+        assert iov.after(48).lengths[0] == 8 and iov.after(48).nbytes == iov.nbytes - 48
+        assert iov.bases[:3] == [memory.host_addr + a for a in (0x1000, 0x2000, 0x3000)]
 
 
 def test_alignment_looks_at_every_start_and_length(memory):
@@ -79,6 +79,11 @@ def test_more_ranges_than_one_call_takes_are_done_in_several(memory, data_file):
     assert done == 8 * count
     file = bytes(range(256)) * 64
     assert memory.read(0x100000 + 16 * (count - 1), 8) == file[8 * (count - 1) : 8 * count]
+    # The same as views (what a chain walked one by one gives).
+    views = IoVec([8] * count, 8 * count, [memoryview(bytearray(8)) for _ in range(count)])
+    assert views.preadv(data_file, 0) == 8 * IOV_MAX
+    assert _transfer_iovec(IoVec.preadv, data_file, views, 0) == 8 * count
+    assert bytes(views.view(-1)) == file[8 * (count - 1) : 8 * count]
 
 
 def test_errors_are_the_oserrors_os_preadv_raises(memory, tmp_path):

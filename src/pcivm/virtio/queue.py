@@ -110,51 +110,50 @@ def legacy_ring_bytes(size: int, align: int = VIRTIO_PCI_VRING_ALIGN) -> int:
 
 class DescriptorChain:
     """One available descriptor chain, resolved and validated: the device-readable and
-    device-writable buffers in chain order, as one `IoVec` of guest RAM (checked once,
-    when the chain was walked), the readable buffers first."""
+    device-writable buffers in chain order, each side an `IoVec` of guest RAM (checked
+    once, when the chain was walked)."""
 
-    __slots__ = ("head", "readable_len", "writable_len", "_addrs", "_iov", "_readable")
+    __slots__ = ("head", "readable_len", "writable_len", "_addrs", "_riov", "_wiov")
 
-    def __init__(self, head: int, addrs: list[int], iov: IoVec, readable: int):
+    def __init__(self, head: int, addrs: list[int], readable: IoVec, writable: IoVec):
         self.head = head
-        self._addrs = addrs  # guest address of every buffer
-        self._iov = iov
-        self._readable = readable  # how many of the buffers are device-readable
-        self.readable_len = sum(iov.lengths[:readable])
-        self.writable_len = iov.nbytes - self.readable_len
+        self._addrs = addrs  # guest address of every buffer, the readable ones first
+        self._riov, self._wiov = readable, writable
+        self.readable_len = readable.nbytes
+        self.writable_len = writable.nbytes
 
     @property
     def readable(self) -> list[tuple[int, int]]:
         """(guest address, length) of each device-readable buffer."""
-        count = self._readable
-        return list(zip(self._addrs[:count], self._iov.lengths[:count], strict=True))
+        count = len(self._riov)
+        return list(zip(self._addrs[:count], self._riov.lengths, strict=True))
 
     @property
     def writable(self) -> list[tuple[int, int]]:
         """(guest address, length) of each device-writable buffer."""
-        count = self._readable
-        return list(zip(self._addrs[count:], self._iov.lengths[count:], strict=True))
+        count = len(self._riov)
+        return list(zip(self._addrs[count:], self._wiov.lengths, strict=True))
 
     def readable_iovec(self, skip: int = 0, limit: int | None = None) -> IoVec:
         """The readable buffers, `skip` bytes in, at most `limit` bytes: for transfers."""
-        return self._iov.part(0, self._readable, skip, limit)
+        return self._riov.trimmed(skip, limit)
 
     def writable_iovec(self, skip: int = 0, limit: int | None = None) -> IoVec:
         """The writable buffers, `skip` bytes in, at most `limit` bytes: for transfers."""
-        return self._iov.part(self._readable, len(self._iov), skip, limit)
+        return self._wiov.trimmed(skip, limit)
 
     def readable_views(self, skip: int = 0, limit: int | None = None) -> list[memoryview]:
         """Views of the readable buffers, `skip` bytes in, at most `limit` bytes."""
-        return self.readable_iovec(skip, limit).views()
+        return self._riov.trimmed(skip, limit).views()
 
     def writable_views(self, skip: int = 0, limit: int | None = None) -> list[memoryview]:
         """Views of the writable buffers, `skip` bytes in, at most `limit` bytes."""
-        return self.writable_iovec(skip, limit).views()
+        return self._wiov.trimmed(skip, limit).views()
 
     def read(self, offset: int, length: int) -> bytes:
         """`length` bytes of the readable stream from `offset` (short at its end)."""
-        if self._readable and offset + length <= self._iov.lengths[0]:
-            return bytes(self._iov.view(0)[offset : offset + length])  # a header in one buffer
+        if self._riov.lengths and offset + length <= self._riov.lengths[0]:
+            return bytes(self._riov.view(0)[offset : offset + length])  # a header in one buffer
         return b"".join(bytes(v) for v in self.readable_views(offset, length))
 
     def write(self, offset: int, data: bytes) -> int:
@@ -169,7 +168,7 @@ class DescriptorChain:
         """Set the last byte of the writable stream (virtio-blk's status byte)."""
         if not self.writable_len:
             raise IndexError("the chain has no writable byte")
-        self._iov.view(len(self._iov) - 1)[-1] = value
+        self._wiov.view(-1)[-1] = value
 
 
 class SplitQueue:
@@ -303,12 +302,15 @@ class SplitQueue:
         if head >= self.size:
             raise self._chain_error(head, f"head index out of range (queue size {self.size})")
         addrs: list[int] = []
-        lengths: list[int] = []
-        views: list[memoryview] = []  # each made, and so checked, as the walk reaches it
-        readable = 0
+        # The buffers' views (each made, and so checked, as the walk reaches it) and
+        # lengths, the device-readable and the device-writable ones apart.
+        rviews: list[memoryview] = []
+        wviews: list[memoryview] = []
+        rlengths: list[int] = []
+        wlengths: list[int] = []
         unpack = _DESC.unpack_from
         table, table_len = self._desc_view, self.size
-        index, count, total = head, 0, 0
+        index, count, total, written = head, 0, 0, 0
         in_indirect = False
         while True:
             if index >= table_len:
@@ -343,17 +345,25 @@ class SplitQueue:
             if total > MAX_CHAIN_BYTES:
                 raise self._chain_error(head, "more than 4 GiB in total")
             if length:
-                views.append(self._buffer(head, addr, length))
-                if not flags & VIRTQ_DESC_F_WRITE:
-                    if readable < len(addrs):
-                        # 2.7.4.2: device-readable buffers come before device-writable ones.
-                        raise self._chain_error(head, "readable buffer after a writable one")
-                    readable += 1
+                buffer = self._buffer(head, addr, length)
+                if flags & VIRTQ_DESC_F_WRITE:
+                    wviews.append(buffer)
+                    wlengths.append(length)
+                    written += length
+                elif wviews:
+                    # 2.7.4.2: device-readable buffers come before device-writable ones.
+                    raise self._chain_error(head, "readable buffer after a writable one")
+                else:
+                    rviews.append(buffer)
+                    rlengths.append(length)
                 addrs.append(addr)
-                lengths.append(length)
             if not flags & VIRTQ_DESC_F_NEXT:
-                iov = IoVec(lengths, views=views, nbytes=total)
-                return DescriptorChain(head, addrs, iov, readable)
+                return DescriptorChain(
+                    head,
+                    addrs,
+                    IoVec(rlengths, total - written, rviews),
+                    IoVec(wlengths, written, wviews),
+                )
             index = nxt
 
     def _take_linear_table(self, head: int, table: memoryview) -> DescriptorChain | None:
@@ -389,10 +399,14 @@ class SplitQueue:
         if 0 in lengths or sum(lengths) > MAX_CHAIN_BYTES:
             return None
         try:
-            iov = self.memory.iovec(addrs, lengths)
+            return DescriptorChain(
+                head,
+                addrs,
+                self.memory.iovec(addrs[:readable], lengths[:readable]),
+                self.memory.iovec(addrs[readable:], lengths[readable:]),
+            )
         except GuestMemoryError:
             return None
-        return DescriptorChain(head, addrs, iov, readable)
 
     def _chain_error(self, head: int, reason: str) -> VirtqueueError:
         return VirtqueueError(f"queue {self.index} chain {head}: {reason}")
