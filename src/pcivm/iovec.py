@@ -145,17 +145,21 @@ class IoVec:
 
     def preadv(self, fd: int, offset: int, flags: int = 0) -> int:
         """One preadv2(2) into the ranges (the first IOV_MAX of them): the bytes read."""
-        views = self._few_views()
-        if views is not None:
-            return os.preadv(fd, views, offset, flags)
-        return self._call(_preadv2, fd, offset, flags)
+        views = self._views
+        if views is None or len(views) > IOV_MAX:
+            views = self._few_views()
+            if views is None:
+                return self._call(_preadv2, fd, offset, flags)
+        return os.preadv(fd, views, offset, flags)
 
     def pwritev(self, fd: int, offset: int, flags: int = 0) -> int:
         """One pwritev2(2) from the ranges (the first IOV_MAX of them): the bytes written."""
-        views = self._few_views()
-        if views is not None:
-            return os.pwritev(fd, views, offset, flags)
-        return self._call(_pwritev2, fd, offset, flags)
+        views = self._views
+        if views is None or len(views) > IOV_MAX:
+            views = self._few_views()
+            if views is None:
+                return self._call(_pwritev2, fd, offset, flags)
+        return os.pwritev(fd, views, offset, flags)
 
     def _few_views(self) -> list[memoryview] | None:
         """The views one os.preadv call takes, or None where the iovec array is cheaper."""
