@@ -215,6 +215,36 @@ def _cpu_seconds(pid: int) -> list[float] | None:
     return [(utime - guest) / tick, stime / tick]
 
 
+def thread_role(comm: str) -> str:
+    """What a thread does, from its kernel name: up to the first space or slash, without
+    trailing digits ("vcpu0" -> "vcpu", "kick virtio-blk0" -> "kick", "io virtio-blk0"
+    -> "io"; QEMU's "CPU 0/KVM" -> "CPU", "worker"; a main thread by its program's name)."""
+    return comm.split(" ")[0].split("/")[0].rstrip("0123456789") or comm
+
+
+def _thread_cpu(pid: int) -> dict[str, list[float]]:
+    """[user time less guest time, system time] in seconds of the process's threads,
+    summed by `thread_role`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    roles: dict[str, list[float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return roles
+    for tid in tids:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        utime, stime, guest = int(fields[11]), int(fields[12]), int(fields[40])
+        total = roles.setdefault(thread_role(comm), [0.0, 0.0])
+        total[0] += (utime - guest) / tick
+        total[1] += stime / tick
+    return roles
+
+
 def run_job(job: dict) -> dict:
     """Start the VMM, sample at each marker line, keep the console's tail."""
     import signal
@@ -260,6 +290,7 @@ def run_job(job: dict) -> dict:
                 "t": now,
                 "kvm": read_kvm_stats(vm_dir, STATS) if vm_dir else {},
                 "cpu": _cpu_seconds(proc.pid),
+                "threads": _thread_cpu(proc.pid),
             }
         console += line
         del console[:-CONSOLE_BYTES]
@@ -299,6 +330,7 @@ class Test:
     kvm: dict = field(default_factory=dict)  # counter -> delta
     user: float | None = None  # VMM user CPU seconds outside the guest
     system: float | None = None  # kernel CPU seconds of the VMM process
+    threads: dict = field(default_factory=dict)  # thread role -> (user, system) seconds
 
     def per_request(self, value: float | None) -> float | None:
         return ratio(value, self.requests)
@@ -342,7 +374,13 @@ def window(samples: dict, begin: str, end: str) -> Test:
     user = system = None
     if a["cpu"] and b["cpu"]:
         user, system = b["cpu"][0] - a["cpu"][0], b["cpu"][1] - a["cpu"][1]
-    return Test(seconds=b["t"] - a["t"], kvm=kvm, user=user, system=system)
+    before, after = a.get("threads", {}), b.get("threads", {})
+    threads = {
+        role: (after[role][0] - before[role][0], after[role][1] - before[role][1])
+        for role in after
+        if role in before
+    }
+    return Test(seconds=b["t"] - a["t"], kvm=kvm, user=user, system=system, threads=threads)
 
 
 def digest(result: dict, vmm: str, round_index: int, seq_mib: int) -> Boot:
@@ -504,6 +542,7 @@ def report(boots: list[Boot], command: str, threads: int, seconds: float) -> str
         table,
         "",
         *bounds(meds, threads),
+        *by_thread(ok),
         *(
             f"Guest block queue limits under {vmm}: {_limits(ok[vmm])}"
             for vmm in ("pcivm", "qemu")
@@ -516,6 +555,28 @@ def report(boots: list[Boot], command: str, threads: int, seconds: float) -> str
         if not b.ok:
             lines.append(f"{b.name} (round {b.round + 1}) failed: {b.why}")
     return "\n".join(lines)
+
+
+def by_thread(ok: dict[str, list[Boot]]) -> list[str]:
+    """Each VMM's CPU per request by thread role (user + kernel, us; medians of its boots):
+    which thread the time went to. Roles under 2% of a test's total are left out."""
+    out = ["CPU per request by thread (user + kernel us, medians):"]
+    for vmm, boots in ok.items():
+        for label, test_of in (("sequential", lambda b: b.seq), ("random", lambda b: b.rand)):
+            roles = sorted({role for b in boots for role in test_of(b).threads})
+            cells = []
+            for role in roles:
+                user = median(test_of(b).per_request(test_of(b).threads.get(role, (None,))[0])
+                              for b in boots)  # fmt: skip
+                system = median(test_of(b).per_request(test_of(b).threads.get(role, (0, None))[1])
+                                for b in boots)  # fmt: skip
+                if user is not None and system is not None:
+                    cells.append((user + system, f"{role} {_us(user):,.0f} + {_us(system):,.0f}"))
+            total = sum(c[0] for c in cells)
+            shown = [text for cpu, text in sorted(cells, reverse=True) if cpu >= 0.02 * total]
+            if shown:
+                out.append(f"  {vmm} {label}: " + ", ".join(shown))
+    return out if len(out) > 1 else []
 
 
 def bounds(meds: dict, threads: int) -> list[str]:

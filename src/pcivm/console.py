@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from pcivm.errors import PcivmError
 from pcivm.spec import SerialSpec
+from pcivm.thread_names import name_os_thread
 
 CTRL_A = 0x01
 
@@ -76,6 +77,7 @@ class SerialBackend:
         self._reader.start()
 
     def _read_loop(self, fd: int, deliver, quit_, interactive: bool) -> None:
+        name_os_thread()
         escape = False
         while True:
             ready, _, _ = select.select([fd, self._stop_pipe_r], [], [])

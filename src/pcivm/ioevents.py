@@ -15,6 +15,7 @@ import select
 import threading
 
 from pcivm.kvm.api import VirtualMachine
+from pcivm.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class IoEventWorker:
         os.write(self._stop_w, b"u")  # the poller picks up new eventfds
 
     def _serve(self) -> None:
+        name_os_thread(f"kick {self._function.name}")
         poller = select.poll()
         poller.register(self._stop_r, select.POLLIN)
         by_fd: dict[int, int] = {}  # eventfd -> queue, redone when `update` says so

@@ -28,6 +28,7 @@ from pcivm.machine import POST_PORT, Platform, build_platform, e820_reserved
 from pcivm.msi_routes import MsiRouter
 from pcivm.pci.msix import message_capabilities
 from pcivm.spec import VmSpec
+from pcivm.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ class Vmm:
                 thread.join(0.05)
 
     def _vcpu_thread(self, vcpu: Vcpu, platform: Platform) -> None:
+        name_os_thread()
         try:
             self._vcpu_loop(vcpu, platform)
         except Exception as exc:  # a bug must end the VM, not leave it hung

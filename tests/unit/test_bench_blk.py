@@ -45,3 +45,35 @@ def test_every_boot_is_listed_with_its_rates_and_cpu():
     assert BASELINE in table and "qemu" in table
     row = next(line for line in lines if BASELINE in line)
     assert "80.0" in row and "700" in row and "900" in row
+
+
+def test_threads_are_grouped_by_what_they_do():
+    assert [blk.thread_role(n) for n in ("vcpu0", "vcpu12", "kick virtio-blk0", "io disk1")] == [
+        "vcpu",
+        "vcpu",
+        "kick",
+        "io",
+    ]
+    assert [blk.thread_role(n) for n in ("CPU 1/KVM", "worker", "python3")] == [
+        "CPU",
+        "worker",
+        "python",
+    ]
+
+
+def test_cpu_per_request_is_reported_by_thread():
+    def sample(t, kick, vcpu):
+        return {"t": t, "kvm": {}, "cpu": None, "threads": {"kick": kick, "vcpu": vcpu}}
+
+    samples = {
+        "=S0=": sample(0.0, [1.0, 2.0], [0.5, 0.5]),
+        "=S1=": sample(1.0, [1.3, 3.0], [0.5001, 0.5]),  # 3 ms + 10 ms, 1 us + 0 a request
+    }
+    seq = blk.window(samples, "=S0=", "=S1=")
+    seq.requests = 100
+    assert seq.threads["kick"] == pytest.approx((0.3, 1.0))
+    boot = Boot(name="pcivm", vmm="pcivm", round=0, seq=seq, rand=blk.Test())
+    lines = blk.by_thread({"pcivm": [boot], "qemu": []})
+    assert lines[0].startswith("CPU per request by thread")
+    assert lines[1] == "  pcivm sequential: kick 3,000 + 10,000"  # vcpu: under 2%, left out
+    assert blk.by_thread({"pcivm": [], "qemu": []}) == []

@@ -74,3 +74,14 @@ def test_submit_after_shutdown_is_refused():
     workers.shutdown()
     with pytest.raises(RuntimeError):
         workers.submit(1)
+
+
+def test_the_threads_tell_the_kernel_what_they_are():
+    # top -H and a benchmark's per-thread CPU see "io <device>", not "python".
+    from pcivm.thread_names import os_thread_name
+
+    names = []
+    workers = WorkerThreads(1, "virtio-blk0", lambda job: names.append(os_thread_name()))
+    workers.submit(None)
+    workers.shutdown()
+    assert names == ["io virtio-blk0"]

@@ -509,7 +509,7 @@ class VirtioBlk(VirtioDevice):
             1,  # write_zeroes_may_unmap
         )  # fmt: skip
         super().__init__(memory, [queue_size], features=features, config=config, label=label)
-        self._workers = WorkerThreads(workers, f"{self.label}-io", self._run) if workers else None
+        self._workers = WorkerThreads(workers, self.label, self._run) if workers else None
         self._epoch = 0
         self._in_flight = 0
         self._idle = threading.Condition(self.lock)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
+from pcivm.thread_names import name_os_thread
+
 log = logging.getLogger(__name__)
 
 _STOP = object()
@@ -44,7 +46,7 @@ class WorkerThreads:
                 raise RuntimeError(f"{self._name}: submit after shutdown")
             if self._idle == 0 and len(self._threads) < self._count:
                 thread = threading.Thread(
-                    target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
+                    target=self._serve, name=f"{self._name}-io-{len(self._threads)}", daemon=True
                 )
                 self._threads.append(thread)
                 self._idle += 1
@@ -53,6 +55,7 @@ class WorkerThreads:
         self._jobs.put(job)
 
     def _serve(self) -> None:
+        name_os_thread(f"io {self._name}")
         while (job := self._jobs.get()) is not _STOP:
             try:
                 self._handler(job)
