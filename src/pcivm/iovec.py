@@ -70,6 +70,12 @@ class IoVec:
         self._origin = origin
         self._array: array | None = None
 
+    @classmethod
+    def over(cls, views: list[memoryview]) -> IoVec:
+        """The ranges of some views: the VMM's own buffers (bounce buffers, zeros)."""
+        lengths = [len(v) for v in views]
+        return cls(lengths, sum(lengths), views)
+
     def __len__(self) -> int:
         return len(self.lengths)
 
@@ -145,30 +151,21 @@ class IoVec:
 
     def preadv(self, fd: int, offset: int, flags: int = 0) -> int:
         """One preadv2(2) into the ranges (the first IOV_MAX of them): the bytes read."""
-        views = self._views
-        if views is None or len(views) > IOV_MAX:
-            views = self._few_views()
-            if views is None:
-                return self._call(_preadv2, fd, offset, flags)
-        return os.preadv(fd, views, offset, flags)
+        return self._transfer(os.preadv, _preadv2, fd, offset, flags)
 
     def pwritev(self, fd: int, offset: int, flags: int = 0) -> int:
         """One pwritev2(2) from the ranges (the first IOV_MAX of them): the bytes written."""
-        views = self._views
-        if views is None or len(views) > IOV_MAX:
-            views = self._few_views()
-            if views is None:
-                return self._call(_pwritev2, fd, offset, flags)
-        return os.pwritev(fd, views, offset, flags)
+        return self._transfer(os.pwritev, _pwritev2, fd, offset, flags)
 
-    def _few_views(self) -> list[memoryview] | None:
-        """The views one os.preadv call takes, or None where the iovec array is cheaper."""
+    def _transfer(self, with_views, with_vector, fd: int, offset: int, flags: int) -> int:
         views = self._views
-        if views is not None:
-            return views if len(views) <= IOV_MAX else views[:IOV_MAX]
-        if len(self.lengths) <= FEW_RANGES:
-            return self.views()
-        return None
+        if views is None:
+            if len(self.lengths) > FEW_RANGES:
+                return self._call(with_vector, fd, offset, flags)
+            views = self.views()
+        elif len(views) > IOV_MAX:
+            views = views[:IOV_MAX]
+        return with_views(fd, views, offset, flags)
 
     def _call(self, call, fd: int, offset: int, flags: int) -> int:
         vector = self._array

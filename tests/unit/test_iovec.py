@@ -7,7 +7,7 @@ import pytest
 
 from pcivm.iovec import IOV_MAX, IoVec
 from pcivm.memory import GuestMemory, MiB
-from pcivm.virtio.blk import _transfer_iovec
+from pcivm.virtio.blk import _transfer
 
 
 @pytest.fixture
@@ -75,14 +75,14 @@ def test_more_ranges_than_one_call_takes_are_done_in_several(memory, data_file):
     count = IOV_MAX + 3
     iov = memory.iovec([0x100000 + 16 * i for i in range(count)], [8] * count)
     assert iov.preadv(data_file, 0) == 8 * IOV_MAX  # the kernel's limit: one call, the first
-    done = _transfer_iovec(type(iov).preadv, data_file, iov, 0)
+    done = _transfer(type(iov).preadv, data_file, iov, 0)
     assert done == 8 * count
     file = bytes(range(256)) * 64
     assert memory.read(0x100000 + 16 * (count - 1), 8) == file[8 * (count - 1) : 8 * count]
     # The same as views (what a chain walked one by one gives).
     views = IoVec([8] * count, 8 * count, [memoryview(bytearray(8)) for _ in range(count)])
     assert views.preadv(data_file, 0) == 8 * IOV_MAX
-    assert _transfer_iovec(IoVec.preadv, data_file, views, 0) == 8 * count
+    assert _transfer(IoVec.preadv, data_file, views, 0) == 8 * count
     assert bytes(views.view(-1)) == file[8 * (count - 1) : 8 * count]
 
 

@@ -602,39 +602,40 @@ def _at_most_150_bytes_a_read(source: bytes, calls: list[int]):
 
 
 def test_transfers_go_on_after_short_transfers(memory):
-    from pcivm.virtio.blk import _transfer, _transfer_iovec
+    from pcivm.virtio.blk import _transfer
 
     source = bytes(range(256)) * 4
     lengths = [100, 1, 300, 623]
     calls = []
     read = _at_most_150_bytes_a_read(source, calls)
-    # Views of the VMM's own buffers (bounce buffers)...
+    # The VMM's own buffers (bounce buffers)...
     buffers = [bytearray(n) for n in lengths]
-    views = [memoryview(b) for b in buffers]
-    assert _transfer(lambda fd, views, offset: read(views, offset), -1, views, 0) == 1024
+    own = IoVec.over([memoryview(b) for b in buffers])
+    assert _transfer(lambda part, fd, offset: read(part.views(), offset), -1, own, 0) == 1024
     assert b"".join(buffers) == source
     assert calls == list(range(0, 1024, 150))
-    # ... and guest RAM by host address.
+    # ... and guest RAM.
     calls.clear()
     addrs = [0x10000 * (i + 1) for i in range(4)]
     iov = memory.iovec(addrs, lengths)
-    done = _transfer_iovec(lambda part, fd, offset: read(part.views(), offset), -1, iov, 0)
+    done = _transfer(lambda part, fd, offset: read(part.views(), offset), -1, iov, 0)
     assert done == 1024
     assert b"".join(memory.read(a, n) for a, n in zip(addrs, lengths, strict=True)) == source
     assert calls == list(range(0, 1024, 150))
     # A read stops at the end of the file.
-    assert _transfer_iovec(lambda part, fd, offset: 0, -1, iov, 0) == 0
+    assert _transfer(lambda part, fd, offset: 0, -1, iov, 0) == 0
 
 
 def test_transfer_stops_at_end_of_file():
     from pcivm.virtio.blk import _transfer
 
-    def eof_after_10(fd, views, offset):
-        n = max(0, min(10 - offset, len(views[0])))
-        views[0][:n] = b"x" * n
+    def eof_after_10(part, fd, offset):
+        view = part.views()[0]
+        n = max(0, min(10 - offset, len(view)))
+        view[:n] = b"x" * n
         return n
 
-    assert _transfer(eof_after_10, -1, [memoryview(bytearray(64))], 0) == 10
+    assert _transfer(eof_after_10, -1, IoVec.over([memoryview(bytearray(64))]), 0) == 10
 
 
 def test_a_kick_thread_does_the_first_request_itself_and_hands_on_the_rest(memory, image):

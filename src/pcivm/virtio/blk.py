@@ -248,8 +248,8 @@ class BlockBackend:
             buffer.close()
 
     # -- data --
-    # Transfers to and from guest RAM take an `IoVec` (checked ranges, by host address);
-    # the bounce buffers and the zeros of write_zeroes are the VMM's own, as views.
+    # Every transfer takes an `IoVec`: checked ranges of guest RAM, or (`IoVec.over`)
+    # the VMM's own bounce buffers and zeros.
 
     def try_preadv(self, iov: IoVec, offset: int) -> int | None:
         """`preadv` if it can finish without waiting (the data is in the page cache);
@@ -296,12 +296,12 @@ class BlockBackend:
         """Read into `iov` from `offset` until it is full or the file ends."""
         if not self._aligned(iov, offset):
             return self._bounce_read(iov.views(), offset)
-        return _transfer_iovec(IoVec.preadv, self.fd, iov, offset)
+        return _transfer(IoVec.preadv, self.fd, iov, offset)
 
     def pwritev(self, iov: IoVec, offset: int) -> int:
         if not self._aligned(iov, offset):
             return self._bounce_write(iov.views(), offset)
-        return _transfer_iovec(IoVec.pwritev, self.fd, iov, offset)
+        return _transfer(IoVec.pwritev, self.fd, iov, offset)
 
     def _aligned(self, iov: IoVec, offset: int) -> bool:
         a = self.alignment
@@ -324,7 +324,7 @@ class BlockBackend:
         start, end = self._span(offset, length)
         bounce = _zero_buffer(end - start)
         try:
-            got = _transfer(os.preadv, self.fd, [memoryview(bounce)], start)
+            got = _transfer(IoVec.preadv, self.fd, IoVec.over([memoryview(bounce)]), start)
             available = max(0, min(length, got - (offset - start)))
             done = 0
             for view in views:
@@ -343,12 +343,12 @@ class BlockBackend:
         with self._rmw:
             bounce = _zero_buffer(end - start)
             try:
-                _transfer(os.preadv, self.fd, [memoryview(bounce)], start)
+                _transfer(IoVec.preadv, self.fd, IoVec.over([memoryview(bounce)]), start)
                 at = offset - start
                 for view in views:
                     bounce[at : at + len(view)] = view
                     at += len(view)
-                _transfer(os.pwritev, self.fd, [memoryview(bounce)], start)
+                _transfer(IoVec.pwritev, self.fd, IoVec.over([memoryview(bounce)]), start)
                 return length
             finally:
                 bounce.close()
@@ -382,7 +382,9 @@ class BlockBackend:
             done = 0
             while done < length:
                 n = min(chunk, length - done)
-                _transfer(os.pwritev, self.fd, [memoryview(zeros)[:n]], offset + done)
+                part = IoVec.over([memoryview(zeros)[:n]])
+                _transfer(IoVec.pwritev, self.fd, part, offset + done)
+                del part  # its view would keep `zeros` from closing
                 done += n
         finally:
             zeros.close()
@@ -400,7 +402,7 @@ NOWAIT_MAX_SKIP = 64
 AT_ONCE_MAX_BYTES = 2 << 20
 
 
-def _transfer_iovec(call, fd: int, iov: IoVec, offset: int) -> int:
+def _transfer(call, fd: int, iov: IoVec, offset: int) -> int:
     """`IoVec.preadv`/`pwritev` until every range is done; a read stops early at end of
     file. One call does IOV_MAX ranges at most: a longer IoVec takes several."""
     done = 0
@@ -410,28 +412,6 @@ def _transfer_iovec(call, fd: int, iov: IoVec, offset: int) -> int:
             break
         done += n
         iov = iov.after(n)
-    return done
-
-
-def _transfer(call, fd: int, views: list[memoryview], offset: int) -> int:
-    """os.preadv/pwritev until every view is done; a read stops early at end of file."""
-    done = 0
-    while views:
-        batch = views[:IOV_MAX]
-        n = call(fd, batch, offset + done)
-        if n == 0:
-            break
-        done += n
-        if n == sum(map(len, batch)):
-            views = views[IOV_MAX:]  # the usual case: the whole batch in one call
-            continue
-        # A short transfer: go on from where it stopped.
-        skip = 0
-        while n >= len(views[skip]):
-            n -= len(views[skip])
-            skip += 1
-        views = views[skip:]
-        views[0] = views[0][n:]
     return done
 
 
