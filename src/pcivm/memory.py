@@ -92,7 +92,7 @@ class GuestMemory:
         )
         # (first guest address, end, host address minus guest address) per region.
         self._region_hosts = tuple(
-            (r.guest_phys_addr, r.end, map_addr + r.offset - r.guest_phys_addr)
+            (r.guest_phys_addr, r.end, self.host_address(r) - r.guest_phys_addr)
             for r in self.regions
         )
 

@@ -19,9 +19,3 @@ def name_os_thread(name: str | None = None) -> None:
     """Give the calling thread's kernel name: `name`, or its Python name."""
     name = name or threading.current_thread().name
     _libc.prctl(PR_SET_NAME, name.encode(errors="replace")[:15], 0, 0, 0)
-
-
-def os_thread_name() -> str:
-    """The calling thread's kernel name (what /proc/self/task/TID/comm says)."""
-    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
-        return f.read().rstrip("\n")

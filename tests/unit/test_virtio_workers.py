@@ -78,7 +78,9 @@ def test_submit_after_shutdown_is_refused():
 
 def test_the_threads_tell_the_kernel_what_they_are():
     # top -H and a benchmark's per-thread CPU see "io <device>", not "python".
-    from pcivm.thread_names import os_thread_name
+    def os_thread_name():
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
+            return f.read().rstrip("\n")
 
     names = []
     workers = WorkerThreads(1, "virtio-blk0", lambda job: names.append(os_thread_name()))
