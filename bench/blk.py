@@ -562,17 +562,16 @@ def by_thread(ok: dict[str, list[Boot]]) -> list[str]:
     which thread the time went to. Roles under 2% of a test's total are left out."""
     out = ["CPU per request by thread (user + kernel us, medians):"]
     for vmm, boots in ok.items():
-        for label, test_of in (("sequential", lambda b: b.seq), ("random", lambda b: b.rand)):
-            roles = sorted({role for b in boots for role in test_of(b).threads})
+        for label, tests in (("sequential", [b.seq for b in boots]),
+                             ("random", [b.rand for b in boots])):  # fmt: skip
             cells = []
-            for role in roles:
-                user = median(test_of(b).per_request(test_of(b).threads.get(role, (None,))[0])
-                              for b in boots)  # fmt: skip
-                system = median(test_of(b).per_request(test_of(b).threads.get(role, (0, None))[1])
-                                for b in boots)  # fmt: skip
+            for role in sorted({role for test in tests for role in test.threads}):
+                spent = [test.threads.get(role, (None, None)) for test in tests]
+                user = median(t.per_request(u) for t, (u, _) in zip(tests, spent, strict=True))
+                system = median(t.per_request(k) for t, (_, k) in zip(tests, spent, strict=True))
                 if user is not None and system is not None:
                     cells.append((user + system, f"{role} {_us(user):,.0f} + {_us(system):,.0f}"))
-            total = sum(c[0] for c in cells)
+            total = sum(cpu for cpu, _ in cells)
             shown = [text for cpu, text in sorted(cells, reverse=True) if cpu >= 0.02 * total]
             if shown:
                 out.append(f"  {vmm} {label}: " + ", ".join(shown))
