@@ -2,11 +2,12 @@
 
 An `IoVec` is a list of ranges of guest RAM in transfer order, in one of two forms. A
 few ranges (what a 4 KiB request has) are memoryviews, as the chain walk makes them
-and as `os.preadv` takes them. Many ranges (a 1 MiB request is 256) are host addresses
-that `GuestMemory.iovec` checked and translated in bulk: their transfers are
-preadv2/pwritev2 given one iovec array built from the two lists, which is what QEMU and
-every other VMM hand the kernel. Making 256 memoryviews (and the kernel call taking a
-buffer from each) was the largest part of such a request's Python.
+and as `os.preadv` takes them. Many ranges (a 1 MiB request is 256) are a `struct iovec`
+array of host addresses, which `GuestMemory` makes having checked every range (a
+virtqueue's table of them in bulk: `range_table`): their transfers are preadv2/pwritev2
+given that array, which is what QEMU and every other VMM hand the kernel. Making 256
+memoryviews (and the kernel call taking a buffer from each) was the largest part of
+such a request's Python.
 
 An `IoVec` of host addresses holds a view of the whole RAM mapping: while one exists the
 mapping cannot be unmapped (`GuestMemory.close` then only releases the pages), so a
@@ -19,7 +20,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 from array import array
+
+from pcivm import range_table
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -40,35 +44,41 @@ IOV_MAX = os.sysconf("SC_IOV_MAX")
 # the ctypes call (measured natively: one 4 KiB range 0.9 us against 1.9-2.5 us); from
 # there on the array wins (256 ranges: 56 us of views against 5 us).
 FEW_RANGES = 8
+# struct iovec { void *iov_base; size_t iov_len; } on a 64-bit host.
+_RANGE = struct.Struct("<QQ")
+RANGE_BYTES = _RANGE.size
 
 
 class IoVec:
     """Checked ranges of guest RAM in transfer order: as views (a few ranges, the form
-    os.preadv takes) or as host addresses (many, for one iovec array)."""
+    os.preadv takes) or as a `struct iovec` array of host addresses (many, what
+    preadv2 takes)."""
 
-    __slots__ = ("lengths", "nbytes", "_views", "_bases", "_ram", "_origin", "_array")
+    __slots__ = ("nbytes", "_count", "_views", "_lengths", "_vector", "_ram", "_origin")
 
-    def __init__(
-        self,
-        lengths: list[int],
-        nbytes: int,
-        views: list[memoryview] | None = None,
-        bases: list[int] | None = None,
-        ram: memoryview | None = None,
-        origin: int = 0,
-    ):
-        # Views are safe by construction (each reaches only what it views); host
-        # addresses only `GuestMemory.iovec` gives, having checked every range. With
-        # those, `ram` is a view of the whole mapping and `origin` its host address:
-        # views are cut from it, and it keeps the mapping alive. `nbytes` is
+    def __init__(self, lengths: list[int], nbytes: int, views: list[memoryview]):
+        # Views are safe by construction (each reaches only what it views). `nbytes` is
         # sum(lengths), which every maker knows already.
-        self.lengths = lengths
         self.nbytes = nbytes
-        self._views = views
-        self._bases = bases
-        self._ram = ram
-        self._origin = origin
-        self._array: array | None = None
+        self._count = len(lengths)
+        self._views: list[memoryview] | None = views
+        self._lengths: list[int] | None = lengths
+        self._vector: bytes | None = None
+        self._ram: memoryview | None = None
+        self._origin = 0
+
+    @classmethod
+    def of_vector(cls, vector: bytes, nbytes: int, ram: memoryview, origin: int) -> IoVec:
+        """Ranges as a `struct iovec` array (16 bytes a range: host address, length) that
+        only `GuestMemory` makes, having checked every range. `ram` is a view of the whole
+        mapping and `origin` its host address: views are cut from it, and it keeps the
+        mapping alive."""
+        iov = cls.__new__(cls)
+        iov.nbytes = nbytes
+        iov._count = len(vector) // RANGE_BYTES
+        iov._views = iov._lengths = None
+        iov._vector, iov._ram, iov._origin = vector, ram, origin
+        return iov
 
     @classmethod
     def over(cls, views: list[memoryview]) -> IoVec:
@@ -77,27 +87,35 @@ class IoVec:
         return cls(lengths, sum(lengths), views)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return self._count
+
+    @property
+    def lengths(self) -> list[int]:
+        """The length of each range."""
+        if self._lengths is None:
+            self._lengths = memoryview(self._vector).cast("Q")[1::2].tolist()
+        return self._lengths
 
     @property
     def bases(self) -> list[int]:
         """The host address of each range."""
-        if self._bases is None:
-            self._bases = [ctypes.addressof(ctypes.c_char.from_buffer(v)) for v in self._views]
-        return self._bases
+        if self._vector is not None:
+            return memoryview(self._vector).cast("Q")[0::2].tolist()
+        return [ctypes.addressof(ctypes.c_char.from_buffer(v)) for v in self._views]
 
     # -- the ranges as views (for os.preadv, copies in Python, and tests) --
 
     def view(self, index: int) -> memoryview:
         if self._views is not None:
             return self._views[index]
-        start = self._bases[index] - self._origin
-        return self._ram[start : start + self.lengths[index]]
+        base, length = _RANGE.unpack_from(self._vector, RANGE_BYTES * (index % self._count))
+        start = base - self._origin
+        return self._ram[start : start + length]
 
     def views(self) -> list[memoryview]:
         if self._views is not None:
             return self._views
-        return [self.view(i) for i in range(len(self.lengths))]
+        return [self.view(i) for i in range(self._count)]
 
     # -- parts --
 
@@ -111,8 +129,12 @@ class IoVec:
             return self
         if skip >= end:
             return IoVec([], 0, [])
-        lengths = self.lengths
-        first, last = 0, len(lengths)
+        if self._views is None:
+            words = memoryview(self._vector).cast("Q")
+            lengths = words[1::2]  # a strided view: nothing is copied
+        else:
+            lengths = self._lengths
+        first, last = 0, self._count
         nbytes = end - skip
         while skip >= lengths[first]:
             skip -= lengths[first]
@@ -121,22 +143,25 @@ class IoVec:
         while cut and cut >= lengths[last - 1]:
             cut -= lengths[last - 1]
             last -= 1
+        if self._views is None:
+            if not (skip or cut):
+                vector = self._vector[RANGE_BYTES * first : RANGE_BYTES * last]
+            else:
+                part = words[2 * first : 2 * last].tolist()
+                part[-1] -= cut
+                part[0] += skip
+                part[1] -= skip
+                vector = array("Q", part).tobytes()
+            return IoVec.of_vector(vector, nbytes, self._ram, self._origin)
         lengths = lengths[first:last]
+        views = self._views[first:last]
         if cut:
             lengths[-1] -= cut
+            views[-1] = views[-1][: len(views[-1]) - cut]
         if skip:
             lengths[0] -= skip
-        if self._views is not None:
-            views = self._views[first:last]
-            if cut:
-                views[-1] = views[-1][: len(views[-1]) - cut]
-            if skip:
-                views[0] = views[0][skip:]
-            return IoVec(lengths, nbytes, views)
-        bases = self._bases[first:last]
-        if skip:
-            bases[0] += skip
-        return IoVec(lengths, nbytes, None, bases, self._ram, self._origin)
+            views[0] = views[0][skip:]
+        return IoVec(lengths, nbytes, views)
 
     def after(self, done: int) -> IoVec:
         """What is left once the first `done` bytes have been transferred."""
@@ -144,6 +169,8 @@ class IoVec:
 
     def aligned(self, alignment: int) -> bool:
         """Every range starts and ends on a multiple of `alignment` (O_DIRECT's rule)."""
+        if self._vector is not None:
+            return range_table.aligned(self._vector, alignment)
         mask = alignment - 1
         return not any(b & mask for b in self.bases) and not any(n & mask for n in self.lengths)
 
@@ -160,7 +187,7 @@ class IoVec:
     def _transfer(self, with_views, with_vector, fd: int, offset: int, flags: int) -> int:
         views = self._views
         if views is None:
-            if len(self.lengths) > FEW_RANGES:
+            if self._count > FEW_RANGES:
                 return self._call(with_vector, fd, offset, flags)
             views = self.views()
         elif len(views) > IOV_MAX:
@@ -168,17 +195,11 @@ class IoVec:
         return with_views(fd, views, offset, flags)
 
     def _call(self, call, fd: int, offset: int, flags: int) -> int:
-        vector = self._array
-        if vector is None:
-            # struct iovec { void *iov_base; size_t iov_len; }: two 64-bit words a range.
-            vector = self._array = array("Q", bytes(16 * len(self.lengths)))
-            vector[0::2] = array("Q", self.bases)
-            vector[1::2] = array("Q", self.lengths)
-        address = vector.buffer_info()[0]
-        count = min(len(self.lengths), IOV_MAX)
+        count = min(self._count, IOV_MAX)
         while True:
-            # ctypes releases the GIL for the call, as os.preadv does.
-            done = call(fd, address, count, offset, flags)
+            # The bytes object is passed as the address of its contents; ctypes releases
+            # the GIL for the call, as os.preadv does.
+            done = call(fd, self._vector, count, offset, flags)
             if done >= 0:
                 return done
             error = ctypes.get_errno()

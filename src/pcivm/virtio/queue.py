@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Sequence
 
 from pcivm.iovec import IoVec
 from pcivm.memory import GuestMemory, GuestMemoryError
@@ -115,7 +116,7 @@ class DescriptorChain:
 
     __slots__ = ("head", "readable_len", "writable_len", "_addrs", "_riov", "_wiov")
 
-    def __init__(self, head: int, addrs: list[int], readable: IoVec, writable: IoVec):
+    def __init__(self, head: int, addrs: Sequence[int], readable: IoVec, writable: IoVec):
         self.head = head
         self._addrs = addrs  # guest address of every buffer, the readable ones first
         self._riov, self._wiov = readable, writable
@@ -394,19 +395,16 @@ class SplitQueue:
             readable += 1
         elif last != _F_WRITE:
             return None
-        addrs = table.cast("Q")[0::2].tolist()
-        lengths = table.cast("I")[2::4].tolist()
-        if 0 in lengths or sum(lengths) > MAX_CHAIN_BYTES:
-            return None
-        try:
-            return DescriptorChain(
-                head,
-                addrs,
-                self.memory.iovec(addrs[:readable], lengths[:readable]),
-                self.memory.iovec(addrs[readable:], lengths[readable:]),
-            )
-        except GuestMemoryError:
-            return None
+        split = VIRTQ_DESC_SIZE * readable
+        # The two sides' ranges checked and translated in bulk, each field read where
+        # the descriptor has it: the flags and next fields are ignored there.
+        rio = self.memory.iovec_of_table(table[:split])
+        wio = self.memory.iovec_of_table(table[split:])
+        if rio is None or wio is None or rio.nbytes + wio.nbytes > MAX_CHAIN_BYTES:
+            return None  # an empty buffer, one outside RAM, or too many bytes
+        # The guest addresses, as they were (the table is the guest's to change).
+        addrs = memoryview(table.tobytes()).cast("Q")[0::2]
+        return DescriptorChain(head, addrs, rio, wio)
 
     def _chain_error(self, head: int, reason: str) -> VirtqueueError:
         return VirtqueueError(f"queue {self.index} chain {head}: {reason}")
