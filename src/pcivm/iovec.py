@@ -54,13 +54,14 @@ class IoVec:
     os.preadv takes) or as a `struct iovec` array of host addresses (many, what
     preadv2 takes)."""
 
-    __slots__ = ("nbytes", "_count", "_views", "_lengths", "_vector", "_ram", "_origin")
+    __slots__ = ("nbytes", "count", "_views", "_lengths", "_vector", "_ram", "_origin")
 
     def __init__(self, lengths: list[int], nbytes: int, views: list[memoryview]):
         # Views are safe by construction (each reaches only what it views). `nbytes` is
-        # sum(lengths), which every maker knows already.
+        # sum(lengths), which every maker knows already; `count` is len(self), without
+        # the Python-level call len() makes of __len__.
         self.nbytes = nbytes
-        self._count = len(lengths)
+        self.count = len(lengths)
         self._views: list[memoryview] | None = views
         self._lengths: list[int] | None = lengths
         self._vector: bytes | None = None
@@ -75,7 +76,7 @@ class IoVec:
         mapping alive."""
         iov = cls.__new__(cls)
         iov.nbytes = nbytes
-        iov._count = len(vector) // RANGE_BYTES
+        iov.count = len(vector) // RANGE_BYTES
         iov._views = iov._lengths = None
         iov._vector, iov._ram, iov._origin = vector, ram, origin
         return iov
@@ -87,7 +88,7 @@ class IoVec:
         return cls(lengths, sum(lengths), views)
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
     @property
     def lengths(self) -> list[int]:
@@ -108,14 +109,14 @@ class IoVec:
     def view(self, index: int) -> memoryview:
         if self._views is not None:
             return self._views[index]
-        base, length = _RANGE.unpack_from(self._vector, RANGE_BYTES * (index % self._count))
+        base, length = _RANGE.unpack_from(self._vector, RANGE_BYTES * (index % self.count))
         start = base - self._origin
         return self._ram[start : start + length]
 
     def views(self) -> list[memoryview]:
         if self._views is not None:
             return self._views
-        return [self.view(i) for i in range(self._count)]
+        return [self.view(i) for i in range(self.count)]
 
     # -- parts --
 
@@ -134,7 +135,7 @@ class IoVec:
             lengths = words[1::2]  # a strided view: nothing is copied
         else:
             lengths = self._lengths
-        first, last = 0, self._count
+        first, last = 0, self.count
         nbytes = end - skip
         while skip >= lengths[first]:
             skip -= lengths[first]
@@ -187,7 +188,7 @@ class IoVec:
     def _transfer(self, with_views, with_vector, fd: int, offset: int, flags: int) -> int:
         views = self._views
         if views is None:
-            if self._count > FEW_RANGES:
+            if self.count > FEW_RANGES:
                 return self._call(with_vector, fd, offset, flags)
             views = self.views()
         elif len(views) > IOV_MAX:
@@ -195,7 +196,7 @@ class IoVec:
         return with_views(fd, views, offset, flags)
 
     def _call(self, call, fd: int, offset: int, flags: int) -> int:
-        count = min(self._count, IOV_MAX)
+        count = min(self.count, IOV_MAX)
         while True:
             # The bytes object is passed as the address of its contents; ctypes releases
             # the GIL for the call, as os.preadv does.

@@ -273,7 +273,7 @@ class BlockBackend:
         if self._nowait_skip:
             self._nowait_skip -= 1
             return None, True
-        if len(iov) > IOV_MAX:
+        if iov.count > IOV_MAX:
             return None, True
         try:
             n = call(iov, self.fd, offset, self._now_flags)
