@@ -127,9 +127,11 @@ class GuestMemory:
 
     def iovec_of_table(self, records) -> IoVec | None:
         """The ranges of a table of 16-byte records (`range_table`: a virtqueue's
-        descriptors, for one), checked and translated in bulk: a 1 MiB virtio-blk read
-        carries 256. None unless every range is in one region and none is empty: then
-        the caller looks at them one by one (and can say which one is wrong)."""
+        descriptors, for one; `records` a multiple of 16 bytes), checked and translated
+        in bulk: a 1 MiB virtio-blk read carries 256. None unless every range is in one
+        region and none is empty: then the caller looks at them one by one (and can say
+        which one is wrong). The guest may change the table meanwhile: each range is
+        checked as it was read, and the IoVec is made from what was checked."""
         if len(records) <= FEW_RANGES * RANGE_BYTES:
             # A few (a request's header): views, as `iovec` makes them.
             words = memoryview(records).cast("Q")

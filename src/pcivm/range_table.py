@@ -38,8 +38,8 @@ class _Lanes:
         self.length = ones * ((1 << 32) - 1)  # a length moved down to bits 0-31
         self.length_field = self.length << 64  # the length where a record keeps it
         self.guard = guard = ones << GUARD_BIT
-        # Per region: guard + its first address (None for 0: every address is at least
-        # that), guard + its end, and its delta, in every lane.
+        # Per region, in every lane: its first address (None for 0: every address is at
+        # least that), guard + its end, and its delta.
         self.regions = tuple(
             (first * ones or None, end * ones | guard, delta * ones)
             for first, end, delta in regions
@@ -90,10 +90,13 @@ class RangeChecker:
                 continue
             # Each lane's host address is at least 0 (a region starts at host address
             # first + delta >= 0), so even a negative delta borrows across no lane.
-            vector = (addresses + deltas) | (table & m.length_field)
-            # Summed as 32-bit fields straight from the records: one C loop.
-            total = sum(memoryview(records).cast("I")[2::4])
-            return vector.to_bytes(RECORD * count, "little"), total
+            vector = ((addresses + deltas) | (table & m.length_field)).to_bytes(
+                RECORD * count, "little"
+            )
+            # Summed from the array made (one C loop), not from `records` again: the guest
+            # may be changing its table meanwhile, and everything here must come from
+            # the one copy int.from_bytes took.
+            return vector, sum(memoryview(vector).cast("Q")[1::2])
         return None
 
 
