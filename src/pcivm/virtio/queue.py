@@ -370,13 +370,14 @@ class SplitQueue:
     def _take_linear_table(self, head: int, table: memoryview) -> DescriptorChain | None:
         """An indirect table as Linux writes it, checked in bulk: entry i links to i + 1,
         every entry but the last has NEXT, readable entries come first, none is empty or
-        INDIRECT, all buffers lie in one RAM region. The chain, or None for any other
-        table, and then the descriptor-by-descriptor walk judges it (and names what is
-        wrong).
+        INDIRECT, the many buffers of a side lie in one RAM region. The chain, or None
+        for any other table, and then the descriptor-by-descriptor walk judges it (and
+        names what is wrong).
 
         A 1 MiB read is a table of 258 entries: walking them one by one in Python cost
-        more than the read itself; here every step is a C-level operation on bytes or
-        lists (the fields' little-endian bytes compared with the pattern they must have)."""
+        more than the read itself; here every step is a C-level operation on bytes (the
+        flags and next fields compared with the pattern they must have) or on the whole
+        table as one integer (`GuestMemory.iovec_of_table`)."""
         n = len(table) // VIRTQ_DESC_SIZE
         halves = table.cast("H")  # per entry: addr (4 halves), len (2), flags, next
         if halves[7::8].tobytes()[:-2] != _LINKS[: 2 * (n - 1)]:
@@ -402,7 +403,8 @@ class SplitQueue:
         wio = self.memory.iovec_of_table(table[split:])
         if rio is None or wio is None or rio.nbytes + wio.nbytes > MAX_CHAIN_BYTES:
             return None  # an empty buffer, one outside RAM, or too many bytes
-        # The guest addresses, as they were (the table is the guest's to change).
+        # The guest addresses, for `readable`/`writable`: a copy, as the table is the
+        # guest's to change.
         addrs = memoryview(table.tobytes()).cast("Q")[0::2]
         return DescriptorChain(head, addrs, rio, wio)
 
