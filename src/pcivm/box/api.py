@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pcivm.box.detect import KvmKind, host_kvm_kind
+from pcivm.box.errors import BoxNoAnswerError
 from pcivm.box.kernel import BoxKernel
 from pcivm.box.machine import START_TIMEOUT_S, TcgMachine, require_tools
 from pcivm.box.qemu import MachineConfig
 from pcivm.box.runners import DirectRunner, Runner, TcgRunner
 
 KernelProvider = Callable[[], BoxKernel]
+log = logging.getLogger(__name__)
+
+# A box whose agent never answers is started once more: the nested machine hangs while
+# booting now and then (rarely, with nothing on its console), and one such boot must not
+# fail a whole test session or benchmark. Anything else fails at once.
+START_ATTEMPTS = 2
 
 AUTO = "auto"
 DIRECT = "direct"
@@ -43,12 +51,21 @@ def start_runner(
     if choose_runner_kind(host_kvm_kind(), mode) == DIRECT:
         return DirectRunner()
     require_tools(config or MachineConfig())  # before the kernel, which may be a download
-    machine = TcgMachine(kernel_provider(), config, busybox)
-    # Belt and braces: even when the caller never closes it, the machine goes at exit
-    # (and, killed outright, QEMU and virtiofsd die with us through PDEATHSIG).
-    atexit.register(machine.close)
-    machine.start(start_timeout)
-    return TcgRunner(machine)
+    kernel = kernel_provider()
+    attempt = 1
+    while True:
+        machine = TcgMachine(kernel, config, busybox)
+        # Belt and braces: even when the caller never closes it, the machine goes at exit
+        # (and, killed outright, QEMU and virtiofsd die with us through PDEATHSIG).
+        atexit.register(machine.close)
+        try:
+            machine.start(start_timeout)
+            return TcgRunner(machine)
+        except BoxNoAnswerError as exc:
+            if attempt >= START_ATTEMPTS:
+                raise
+            log.warning("%s; starting it again (logs of this try: %s)", exc, exc.log_dir)
+            attempt += 1
 
 
 @contextlib.contextmanager

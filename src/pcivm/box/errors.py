@@ -35,6 +35,11 @@ class BoxStartError(BoxError):
         return "\n".join(lines)
 
 
+class BoxNoAnswerError(BoxStartError):
+    """The box machine started but its agent never answered: the nested machine hung or
+    died while booting (seen rarely, with nothing on the console), not a setup problem."""
+
+
 class BoxDiedError(BoxStartError):
     """The box machine went away while a command was running."""
 

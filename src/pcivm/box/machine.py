@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pcivm.box.busybox import find_busybox
 from pcivm.box.diagnose import describe
-from pcivm.box.errors import BoxDiedError, BoxSetupError, BoxStartError
+from pcivm.box.errors import BoxDiedError, BoxNoAnswerError, BoxSetupError, BoxStartError
 from pcivm.box.initramfs import build_initramfs
 from pcivm.box.kernel import BoxKernel
 from pcivm.box.processes import start_helper, stop_helper, tail
@@ -118,7 +118,7 @@ class TcgMachine:
         try:
             self.info = self.session.hello(timeout, alive=self.alive)
         except SessionClosed:
-            raise self._start_error("the box did not come up") from None
+            raise self._start_error("the box did not come up", BoxNoAnswerError) from None
         if not self.info.get("kvm"):
             raise self._start_error("the box came up without /dev/kvm")
 
@@ -155,13 +155,19 @@ class TcgMachine:
     def alive(self) -> bool:
         return self.qemu is not None and self.qemu.poll() is None
 
-    def _start_error(self, message: str) -> BoxStartError:
+    def _start_error(
+        self, message: str, kind: type[BoxStartError] = BoxStartError
+    ) -> BoxStartError:
         if self.qemu is not None:
             # The control socket closes a moment before QEMU's exit can be collected.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.qemu.wait(timeout=2)
         details = tail(self.console_log)
         if self.qemu is not None and self.qemu.returncode is not None:
+            if self.qemu.returncode > 0:
+                # QEMU itself failed (an option, a file): a second try would fail the same
+                # way. Status 0 is the box's kernel stopping (a panic, with -no-reboot).
+                kind = BoxStartError
             message += f" (QEMU exited with status {self.qemu.returncode})"
             qemu_tail = tail(self.workdir / "qemu.log", 5)
             if qemu_tail:
@@ -170,7 +176,7 @@ class TcgMachine:
                 details = "\n".join(
                     part for part in (tail(self.workdir / "virtiofsd.log", 5), qemu_tail) if part
                 )
-        return BoxStartError(message, details, str(self.workdir))
+        return kind(message, details, str(self.workdir))
 
     def died_error(self, reason: str) -> BoxDiedError:
         self.failed = True
