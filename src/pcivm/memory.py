@@ -14,8 +14,8 @@ from array import array
 from dataclasses import dataclass
 from enum import IntEnum
 
+from pcivm import range_table
 from pcivm.iovec import FEW_RANGES, RANGE_BYTES, IoVec
-from pcivm.range_table import RangeChecker
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -95,7 +95,7 @@ class GuestMemory:
             (r.guest_phys_addr, r.end, self.host_address(r) - r.guest_phys_addr)
             for r in self.regions
         )
-        self._range_checker = RangeChecker(self._region_hosts)
+        self._range_checker = range_table.RangeChecker(self._region_hosts)
 
     def host_address(self, region: RamRegion) -> int:
         return self.host_addr + region.offset - self.regions[0].offset
@@ -134,9 +134,7 @@ class GuestMemory:
         checked as it was read, and the IoVec is made from what was checked."""
         if len(records) <= FEW_RANGES * RANGE_BYTES:
             # A few (a request's header): views, as `iovec` makes them.
-            words = memoryview(records).cast("Q")
-            addrs = words[0::2].tolist()
-            lengths = [word & 0xFFFF_FFFF for word in words[1::2].tolist()]
+            addrs, lengths = range_table.unpack(records)
             if 0 in lengths:
                 return None
             try:
