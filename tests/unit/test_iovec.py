@@ -65,6 +65,40 @@ def test_parts_cut_ranges_from_both_ends(memory):
         assert iov.bases[:3] == [memory.host_addr + a for a in (0x1000, 0x2000, 0x3000)]
 
 
+def test_split_cuts_at_any_byte_and_the_parts_hold_the_same_ranges(memory):
+    def merged(iovs):
+        out = []
+        for iov in iovs:
+            for base, length in zip(iov.bases, iov.lengths, strict=True):
+                assert length > 0  # no empty range on either side of a cut
+                if out and out[-1][0] + out[-1][1] == base:
+                    out[-1] = (out[-1][0], out[-1][1] + length)
+                else:
+                    out.append((base, length))
+        return out
+
+    for iov in (
+        memory.iovec([0x1000, 0x3000, 0x5000], [16, 32, 8]),  # views
+        memory.iovec([0x2000 * (i + 1) for i in range(10)], [16, 32, 8] + [4] * 7),  # addresses
+    ):
+        whole = merged([iov])
+        for at in range(1, iov.nbytes):
+            front, back = iov.split(at)
+            assert (front.nbytes, back.nbytes) == (at, iov.nbytes - at)
+            assert sum(front.lengths) == at and sum(back.lengths) == iov.nbytes - at
+            assert merged([front, back]) == whole
+        for at in (0, iov.nbytes):
+            with pytest.raises(ValueError):
+                iov.split(at)
+    # At a range boundary nothing is cut; inside a range it becomes two.
+    iov = memory.iovec([0x2000 * (i + 1) for i in range(10)], [100] * 10)
+    front, back = iov.split(300)
+    assert (len(front), len(back)) == (3, 7)
+    front, back = iov.split(350)
+    assert (len(front), len(back)) == (4, 7)
+    assert front.bases[-1] + 50 == back.bases[0] == memory.host_addr + 0x8000 + 50
+
+
 def test_alignment_looks_at_every_start_and_length(memory):
     assert memory.iovec([0x1000, 0x3000], [0x1000, 0x200]).aligned(512)
     assert not memory.iovec([0x1000, 0x3000], [0x1000, 0x100]).aligned(512)

@@ -792,3 +792,111 @@ def test_an_image_in_ram_is_read_and_written_at_once():
         os.unlink(path)
     with open("/proc/self/stat", "rb") as f:
         assert filesystem_type(f.fileno()) not in RAM_FILESYSTEMS
+
+
+def scattered_mib(memory):
+    """1 MiB of guest RAM as 256 pages with a gap after each: a 1 MiB read's table."""
+    addrs = [0x100000 + 2 * 4096 * i for i in range(256)]
+    return addrs, memory.iovec(addrs, [4096] * 256)
+
+
+def stamped(first_page: int, pages: int) -> bytes:
+    return b"".join(struct.pack("<Q", p) * 512 for p in range(first_page, first_page + pages))
+
+
+def test_a_large_read_done_at_once_is_cut_between_two_threads(image, monkeypatch):
+    needs_page_cache_nowait(image)
+    with open(image, "r+b") as f:
+        f.write(stamped(0, IMAGE_SIZE // 4096))  # in the page cache now
+    memory = GuestMemory(8 * MiB)
+    memory.write(0, b"\xee" * (4 * MiB))
+    backend = BlockBackend(image, locking=False)
+    backend._split_reads = True  # as on any host with a second CPU
+    calls, real = [], IoVec.preadv
+
+    def recording(iov, fd, offset, flags=0):
+        calls.append((offset, iov.nbytes, threading.current_thread().name))
+        return real(iov, fd, offset, flags)
+
+    monkeypatch.setattr(IoVec, "preadv", recording)
+    addrs, iov = scattered_mib(memory)
+    assert backend.try_preadv(iov, MiB) == MiB
+    # The front part on this thread, the back part on the helper, end to end.
+    (front, front_bytes, here), (back, back_bytes, helper) = sorted(calls)
+    assert (front, back, front_bytes + back_bytes) == (MiB, MiB + front_bytes, MiB)
+    assert here == threading.current_thread().name and helper.startswith("disk.img-split")
+    expected = stamped(256, 256)
+    for i, addr in enumerate(addrs):
+        assert memory.read(addr, 4096) == expected[4096 * i : 4096 * (i + 1)]
+        assert memory.read(addr + 4096, 4096) == b"\xee" * 4096  # the gaps are untouched
+    # A read the file ends in: the front part is whole, the back part finds the end.
+    calls.clear()
+    assert backend.try_preadv(iov, IMAGE_SIZE - MiB // 2) == MiB // 2
+    assert len(calls) == 2
+    # Smaller reads are not cut.
+    calls.clear()
+    assert backend.try_preadv(iov.trimmed(0, MiB // 4), 0) == MiB // 4
+    assert len(calls) == 1
+    backend.close()
+    assert not any(t.name.startswith("disk.img-split") for t in threading.enumerate())
+
+
+def test_a_cut_read_is_not_done_at_once_if_either_part_would_wait(image, monkeypatch):
+    needs_page_cache_nowait(image)
+    memory = GuestMemory(8 * MiB)
+    backend = BlockBackend(image, locking=False)
+    backend._split_reads = True
+    _, iov = scattered_mib(memory)
+    real, waits_from = IoVec.preadv, [0]
+
+    def page_cache_from_the_start(iov, fd, offset, flags=0):
+        if flags & os.RWF_NOWAIT and offset >= waits_from[0]:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        return real(iov, fd, offset, flags)
+
+    monkeypatch.setattr(IoVec, "preadv", page_cache_from_the_start)
+    waits_from[0] = MiB + MiB // 4  # after the front part's start, before the back's
+    assert backend.try_preadv(iov, MiB) is None
+    waits_from[0] = 0  # the front part too (the backoff skips the next request first)
+    assert backend.try_preadv(iov, MiB) is None and backend.try_preadv(iov, MiB) is None
+    waits_from[0] = IMAGE_SIZE
+    backend._nowait_skip = 0
+
+    def failing_back(iov, fd, offset, flags=0):
+        if offset > MiB:
+            raise OSError(errno.EIO, "I/O error")
+        return real(iov, fd, offset, flags)
+
+    monkeypatch.setattr(IoVec, "preadv", failing_back)
+    with pytest.raises(OSError, match="I/O error"):
+        backend.try_preadv(iov, MiB)  # raised on this thread once both parts are done
+    backend.close()
+
+
+def test_the_front_share_grows_while_the_helper_finishes_last_and_shrinks_back(image, monkeypatch):
+    from pcivm.virtio.blk import SPLIT_FRONT_MAX, SPLIT_FRONT_MIN
+
+    needs_page_cache_nowait(image)
+    memory = GuestMemory(8 * MiB)
+    backend = BlockBackend(image, locking=False)
+    backend._split_reads = True
+    _, iov = scattered_mib(memory)
+    real, slow = IoVec.preadv, ["back"]
+
+    def one_part_slow(iov, fd, offset, flags=0):
+        is_back = threading.current_thread().name.startswith("disk.img-split")
+        if is_back == (slow[0] == "back"):
+            threading.Event().wait(0.005)
+        return real(iov, fd, offset, flags)
+
+    monkeypatch.setattr(IoVec, "preadv", one_part_slow)
+    fronts = []
+    for _ in range(40):
+        assert backend.try_preadv(iov, 0) == MiB
+        fronts.append(backend._front_share)
+    assert fronts[-1] >= SPLIT_FRONT_MAX - 1 / 32 and fronts == sorted(fronts)
+    slow[0] = "front"
+    for _ in range(80):
+        assert backend.try_preadv(iov, 0) == MiB
+    assert backend._front_share <= SPLIT_FRONT_MIN + 1 / 32
+    backend.close()

@@ -28,12 +28,13 @@ class WorkerThreads:
     submission order per thread and concurrently across threads. Threads start on first
     use, one more each time a job arrives while every started one is busy."""
 
-    def __init__(self, count: int, name: str, handler: Callable[[Any], None]):
+    def __init__(self, count: int, name: str, handler: Callable[[Any], None], role: str = "io"):
         if count < 1:
             raise ValueError("at least one worker thread")
         self._count = count
         self._name = name
         self._handler = handler
+        self._role = role  # the first word of the threads' kernel names
         self._jobs: SimpleQueue = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
@@ -46,7 +47,9 @@ class WorkerThreads:
                 raise RuntimeError(f"{self._name}: submit after shutdown")
             if self._idle == 0 and len(self._threads) < self._count:
                 thread = threading.Thread(
-                    target=self._serve, name=f"{self._name}-io-{len(self._threads)}", daemon=True
+                    target=self._serve,
+                    name=f"{self._name}-{self._role}-{len(self._threads)}",
+                    daemon=True,
                 )
                 self._threads.append(thread)
                 self._idle += 1
@@ -55,7 +58,7 @@ class WorkerThreads:
         self._jobs.put(job)
 
     def _serve(self) -> None:
-        name_os_thread(f"io {self._name}")
+        name_os_thread(f"{self._role} {self._name}")
         while (job := self._jobs.get()) is not _STOP:
             try:
                 self._handler(job)
