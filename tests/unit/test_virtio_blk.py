@@ -34,6 +34,13 @@ from pcivm.virtio.constants import (
     VIRTQ_DESC_F_WRITE,
 )
 from pcivm.virtio.rng import VirtioRng
+from pcivm.virtio.split_read import (
+    FRONT_SHARE_MAX,
+    FRONT_SHARE_MIN,
+    RUN,
+    SPLIT_READ_MIN,
+    SplitPolicy,
+)
 from pcivm.virtio.testing import BlkDriver, DirectTransport, RngDriver, VirtioDriver
 
 IMAGE_SIZE = 4 * MiB
@@ -804,6 +811,18 @@ def stamped(first_page: int, pages: int) -> bytes:
     return b"".join(struct.pack("<Q", p) * 512 for p in range(first_page, first_page + pages))
 
 
+def cutting(backend) -> None:
+    """Make `backend` cut large reads: as if cut ones had been measured the faster."""
+    backend.split_policy = SplitPolicy(enabled=True)
+    for _ in range(RUN - 1):
+        backend.split_policy.record(False, 1.0, MiB)
+        backend.split_policy.record(True, 0.001, MiB)
+
+
+def on_helper() -> bool:
+    return threading.current_thread().name.startswith("disk.img-split")
+
+
 def test_a_large_read_done_at_once_is_cut_between_two_threads(image, monkeypatch):
     needs_page_cache_nowait(image)
     with open(image, "r+b") as f:
@@ -811,20 +830,20 @@ def test_a_large_read_done_at_once_is_cut_between_two_threads(image, monkeypatch
     memory = GuestMemory(8 * MiB)
     memory.write(0, b"\xee" * (4 * MiB))
     backend = BlockBackend(image, locking=False)
-    backend._split_reads = True  # as on any host with a second CPU
+    cutting(backend)
     calls, real = [], IoVec.preadv
 
     def recording(iov, fd, offset, flags=0):
-        calls.append((offset, iov.nbytes, threading.current_thread().name))
+        calls.append((offset, iov.nbytes, on_helper()))
         return real(iov, fd, offset, flags)
 
     monkeypatch.setattr(IoVec, "preadv", recording)
     addrs, iov = scattered_mib(memory)
     assert backend.try_preadv(iov, MiB) == MiB
     # The front part on this thread, the back part on the helper, end to end.
-    (front, front_bytes, here), (back, back_bytes, helper) = sorted(calls)
+    (front, front_bytes, helper1), (back, back_bytes, helper2) = sorted(calls)
     assert (front, back, front_bytes + back_bytes) == (MiB, MiB + front_bytes, MiB)
-    assert here == threading.current_thread().name and helper.startswith("disk.img-split")
+    assert (helper1, helper2) == (False, True)
     expected = stamped(256, 256)
     for i, addr in enumerate(addrs):
         assert memory.read(addr, 4096) == expected[4096 * i : 4096 * (i + 1)]
@@ -845,7 +864,7 @@ def test_a_cut_read_is_not_done_at_once_if_either_part_would_wait(image, monkeyp
     needs_page_cache_nowait(image)
     memory = GuestMemory(8 * MiB)
     backend = BlockBackend(image, locking=False)
-    backend._split_reads = True
+    cutting(backend)
     _, iov = scattered_mib(memory)
     real, waits_from = IoVec.preadv, [0]
 
@@ -863,7 +882,7 @@ def test_a_cut_read_is_not_done_at_once_if_either_part_would_wait(image, monkeyp
     backend._nowait_skip = 0
 
     def failing_back(iov, fd, offset, flags=0):
-        if offset > MiB:
+        if on_helper():
             raise OSError(errno.EIO, "I/O error")
         return real(iov, fd, offset, flags)
 
@@ -873,30 +892,89 @@ def test_a_cut_read_is_not_done_at_once_if_either_part_would_wait(image, monkeyp
     backend.close()
 
 
-def test_the_front_share_grows_while_the_helper_finishes_last_and_shrinks_back(image, monkeypatch):
-    from pcivm.virtio.blk import SPLIT_FRONT_MAX, SPLIT_FRONT_MIN
-
+def test_reads_are_cut_only_while_cut_ones_are_measured_faster(image, monkeypatch):
     needs_page_cache_nowait(image)
     memory = GuestMemory(8 * MiB)
     backend = BlockBackend(image, locking=False)
-    backend._split_reads = True
+    backend.split_policy = SplitPolicy(enabled=True)
     _, iov = scattered_mib(memory)
-    real, slow = IoVec.preadv, ["back"]
+    real, slow, helper_reads = IoVec.preadv, ["cut"], []
 
-    def one_part_slow(iov, fd, offset, flags=0):
-        is_back = threading.current_thread().name.startswith("disk.img-split")
-        if is_back == (slow[0] == "back"):
-            threading.Event().wait(0.005)
+    def one_way_slow(iov, fd, offset, flags=0):
+        if on_helper():
+            helper_reads.append(offset)
+            if slow[0] == "cut":
+                threading.Event().wait(0.01)
+        elif slow[0] == "whole" and iov.nbytes == MiB:
+            threading.Event().wait(0.03)
         return real(iov, fd, offset, flags)
 
-    monkeypatch.setattr(IoVec, "preadv", one_part_slow)
-    fronts = []
-    for _ in range(40):
-        assert backend.try_preadv(iov, 0) == MiB
-        fronts.append(backend._front_share)
-    assert fronts[-1] >= SPLIT_FRONT_MAX - 1 / 32 and fronts == sorted(fronts)
-    slow[0] = "front"
-    for _ in range(80):
-        assert backend.try_preadv(iov, 0) == MiB
-    assert backend._front_share <= SPLIT_FRONT_MIN + 1 / 32
+    monkeypatch.setattr(IoVec, "preadv", one_way_slow)
+
+    def cut_or_not(reads: int) -> list[bool]:
+        cut = []
+        for _ in range(reads):
+            before = len(helper_reads)
+            assert backend.try_preadv(iov, 0) == MiB
+            cut.append(len(helper_reads) > before)
+        return cut
+
+    # A run of each way, then whole reads.
+    assert cut_or_not(8 * RUN) == [True] * RUN + [False] * 7 * RUN
+    slow[0] = "whole"
+    # One run of slow whole reads, then cut ones, until the probe run of whole ones.
+    cut = cut_or_not(8 * RUN)
+    assert cut == [False] * RUN + [True] * 6 * RUN + [False] * RUN
     backend.close()
+
+
+def test_split_policy_tries_each_way_then_keeps_the_faster_and_probes_the_other():
+    policy = SplitPolicy(enabled=True)
+
+    def reads(cut_seconds: list[float], whole_seconds: float = 0.004) -> list[bool]:
+        cut = []
+        for seconds in cut_seconds:
+            at = policy.cut_at(MiB, 0)
+            cut.append(at is not None)
+            policy.record(at is not None, seconds if at else whole_seconds, MiB)
+        return cut
+
+    assert policy.cut_at(SPLIT_READ_MIN - 4096, 0) is None  # too small to ask about
+    # A run of each way, then cut (the faster), with a probe run of whole reads in
+    # every PROBE_RUN_EVERY runs (the 16th here).
+    fast = [0.002] * RUN
+    assert reads(fast * 2) == [True] * RUN + [False] * RUN
+    assert reads(fast * 14) == [True] * 13 * RUN + [False] * RUN
+    # A very slow cut read (an interrupt mid-copy) does not move the choice ...
+    assert all(reads([0.002, 1.0, 0.002, 0.002] + fast * 3))
+    # ... a run of them does: reads are whole from the next run on.
+    assert reads([0.008] * RUN + fast) == [True] * RUN + [False] * RUN
+    # The cut is at a page of the file, whatever the read's offset.
+    assert (512 + SplitPolicy(enabled=True).cut_at(MiB, 512)) % 4096 == 0
+    assert SplitPolicy(enabled=False).cut_at(MiB, 0) is None
+
+
+def test_the_first_read_of_a_run_is_not_timed():
+    policy = SplitPolicy(enabled=True)
+    policy.cut_at(MiB, 0)
+    policy.record(True, 1.0, MiB)  # a helper's first start
+    for _ in range(RUN - 1):
+        policy.cut_at(MiB, 0)
+        policy.record(True, 0.001, MiB)
+    for i in range(RUN):
+        policy.cut_at(MiB, 0)
+        policy.record(False, 1.0 if i == 0 else 0.002, MiB)
+    assert policy.cut_at(MiB, 0) is not None  # 0.001 s a MiB cut against 0.002 whole
+
+
+def test_the_front_share_moves_toward_both_parts_finishing_together():
+    policy = SplitPolicy(enabled=True)
+    shares = []
+    for _ in range(64):
+        policy.front_done(back_still_running=True)
+        shares.append(policy.front_share)
+    assert shares == sorted(shares) and shares[-1] == FRONT_SHARE_MAX
+    for _ in range(128):
+        policy.front_done(back_still_running=False)
+    assert policy.front_share == FRONT_SHARE_MIN
+    assert policy.cut_at(MiB, 0) == MiB * FRONT_SHARE_MIN

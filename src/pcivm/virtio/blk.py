@@ -9,15 +9,13 @@ byte as the last writable byte: the device assumes no particular framing, 2.7.4)
 it, and moves the data with preadv2/pwritev2 straight between the image and guest RAM
 (an `IoVec`: checked host addresses, one iovec array). Every read or write is first
 tried with RWF_NOWAIT on the thread that took the kick: what the page cache holds is
-done at once, under the device lock, with no other thread involved, except that a read of
-512 KiB or more is cut in two and its back part read at the same time by a helper thread
-(the copy from the page cache is most of such a read's cost, and a second CPU halves
-it). What would wait for the disk (and flush, discard, write zeroes) runs on a small set
-of worker threads (workers.py): preadv2/pwritev2 release the GIL, so several requests
-are in flight at once and complete in whatever order the host finishes them; the used
-ring is written under the device lock. The thread that takes a kick (ioevents.py) does the first of
-those itself. `workers=0` runs each request inline on the notifying thread
-(deterministic, for tests).
+done at once, under the device lock, with no other thread involved (but for a large read
+cut in two where that is measured faster: split_read.py). What would wait for the disk
+(and flush, discard, write zeroes) runs on a small set of worker threads (workers.py):
+preadv2/pwritev2 release the GIL, so several requests are in flight at once and complete
+in whatever order the host finishes them; the used ring is written under the device
+lock. The thread that takes a kick (ioevents.py) does the first of those itself.
+`workers=0` runs each request inline on the notifying thread (deterministic, for tests).
 
 Measured natively on a 2-CPU host, the driver in a second process sharing guest RAM:
 four cached 4 KiB reads in flight cost 9 us of VMM user CPU per request done at once
@@ -37,6 +35,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,6 +66,7 @@ from pcivm.virtio.constants import (
 )
 from pcivm.virtio.device import VirtioDevice, bit
 from pcivm.virtio.queue import DescriptorChain, SplitQueue, VirtqueueError
+from pcivm.virtio.split_read import SPLIT_READ_MIN, SplitHelper, SplitPolicy
 from pcivm.virtio.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,10 @@ class BlockBackend:
         # about once in 64 requests; one the page cache holds, every time.
         self._nowait_skip = 0
         self._nowait_backoff = 0
-        # A large read done at once is cut in two, the back part read by this thread
-        # (started on first use) while the caller reads the front (`try_preadv`).
-        self._split_reads = len(os.sched_getaffinity(0)) > 1
-        self._front_share = 0.5
-        self._helper: WorkerThreads | None = None
+        # A large read done at once may be cut in two, the helper reading the back part
+        # while the caller reads the front (split_read.py).
+        self.split_policy = SplitPolicy()
+        self._split_helper = SplitHelper(os.path.basename(self.path))
 
     # -- locking --
 
@@ -260,68 +259,50 @@ class BlockBackend:
 
     def try_preadv(self, iov: IoVec, offset: int) -> int | None:
         """`preadv` if it can finish without waiting (the data is in the page cache);
-        None when it would wait, and then nothing has been promised."""
+        None when it would wait, and then nothing has been promised. A large one may be
+        cut in two and done by two threads at once (split_read.py)."""
         if not self._nowait_reads:
             return None
-        parts = self._split(iov, offset)
-        if parts is None:
+        if iov.nbytes < SPLIT_READ_MIN or self._nowait_skip or iov.count > IOV_MAX:
             done, self._nowait_reads = self._try_now(IoVec.preadv, iov, offset)
             return done
-        # Such a read is one copy, page cache to guest RAM, by the CPU that asks for it;
-        # preadv2 releases the GIL, so a second thread reading the back part copies it
-        # at the same time on another CPU. Writes are not cut: a buffered write holds
-        # the file's inode lock, and the two parts would take turns.
-        front, back_iov = parts
-        back = _Part(back_iov, offset + front.nbytes)
-        if self._helper is None:
-            name = os.path.basename(self.path)
-            self._helper = WorkerThreads(1, name, self._read_part, role="split")
-        self._helper.submit(back)
+        at = self.split_policy.cut_at(iov.nbytes, offset)
+        started = time.perf_counter()
+        if at is None:
+            done, self._nowait_reads = self._try_now(IoVec.preadv, iov, offset)
+        else:
+            done = self._read_cut(iov, offset, at)
+        if done == iov.nbytes:
+            self.split_policy.record(at is not None, time.perf_counter() - started, done)
+        return done
+
+    def _read_cut(self, iov: IoVec, offset: int, at: int) -> int | None:
+        front, back_iov = iov.split(at)
+        back = self._split_helper.start(self._read_back_now, back_iov, offset + at)
         try:
             done, self._nowait_reads = self._try_now(IoVec.preadv, front, offset)
-            # The helper starts its part later than this thread does (a wake-up, the
-            # GIL): the front's share grows while the back part finishes last, and
-            # shrinks while it finishes first, so that the two end together.
-            if back.finished.locked():
-                self._front_share = min(SPLIT_FRONT_MAX, self._front_share + SPLIT_STEP)
-            else:
-                self._front_share = max(SPLIT_FRONT_MIN, self._front_share - SPLIT_STEP)
+            self.split_policy.front_done(back.running)
         finally:
             rest = back.wait()  # the helper writes into the request's buffers until then
-        if done is None or done < front.nbytes:
+        if done is None or done < at:
             return done  # the front would wait, or the file ended in it
         if rest is None:
             self._would_wait()
             return None
         return done + rest
 
-    def _split(self, iov: IoVec, offset: int) -> tuple[IoVec, IoVec] | None:
-        """A read done at once cut in two (front, back), or None not to cut it."""
-        if not self._split_reads or iov.nbytes < SPLIT_READ_MIN or self._nowait_skip:
-            return None
-        if iov.count > IOV_MAX:
-            return None  # _try_now hands it to a worker whole
-        # The cut at a page boundary of the file, so that the two copy different pages.
-        at = ((offset + int(iov.nbytes * self._front_share)) & -mmap.PAGESIZE) - offset
-        return iov.split(at) if 0 < at < iov.nbytes else None
-
-    def _read_part(self, part: _Part) -> None:
-        """On the helper thread: one preadv2 of `part` that does not wait; its result is
-        the bytes read, None if it would have waited, or the exception it raised."""
+    def _read_back_now(self, iov: IoVec, offset: int) -> int | None:
+        """On the helper thread: one preadv2 of a cut read's back part that does not
+        wait; the bytes read, or None if it would have waited."""
         try:
-            n = IoVec.preadv(part.iov, self.fd, part.offset, self._now_flags)
-            would_wait = n != part.iov.nbytes and part.offset + n < self.size
-            part.result = None if would_wait else n
+            n = IoVec.preadv(iov, self.fd, offset, self._now_flags)
         except BlockingIOError:
-            part.result = None
+            return None
         except OSError as error:
-            # EOPNOTSUPP/EINVAL: no RWF_NOWAIT here; the front part finds out too.
-            nowait_refused = error.errno in (errno.EOPNOTSUPP, errno.EINVAL)
-            part.result = None if nowait_refused else error
-        except Exception as error:  # noqa: BLE001 - raised again on the caller's thread
-            part.result = error
-        finally:
-            part.finished.release()
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return None  # no RWF_NOWAIT here: the front part finds out too
+            raise
+        return None if n != iov.nbytes and offset + n < self.size else n
 
     def try_pwritev(self, iov: IoVec, offset: int) -> int | None:
         """`pwritev` if it can finish without waiting; None otherwise. A write that got
@@ -454,44 +435,13 @@ class BlockBackend:
             zeros.close()
 
     def close(self) -> None:
-        if self._helper is not None:
-            self._helper.shutdown()
-            self._helper = None
+        self._split_helper.close()
         if self.fd >= 0:
             os.close(self.fd)  # drops the OFD locks with the open file description
             self.fd = -1
 
 
 NOWAIT_MAX_SKIP = 64
-# The smallest read done at once that is cut in two (`BlockBackend.try_preadv`), the
-# least and the most of it the caller's front part may take, and how far that share
-# moves per read.
-SPLIT_READ_MIN = 512 << 10
-SPLIT_FRONT_MIN = 0.125
-SPLIT_FRONT_MAX = 0.875
-SPLIT_STEP = 1 / 64
-
-
-class _Part:
-    """The back part of a read cut in two, read on the backend's helper thread."""
-
-    __slots__ = ("iov", "offset", "result", "finished")
-
-    def __init__(self, iov: IoVec, offset: int):
-        self.iov = iov
-        self.offset = offset
-        self.result: int | None | Exception = None
-        self.finished = threading.Lock()
-        self.finished.acquire()  # released by the helper when the part is done
-
-    def wait(self) -> int | None:
-        """The bytes read, or None if the part would have waited; raises what it raised."""
-        self.finished.acquire()
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
-
-
 # The most a transfer done at once (on the kick thread, under the device lock) may move:
 # Linux's largest request here (max_sectors_kb 1280) fits; a larger chain waits for a
 # worker, so that no single guest request holds the device for long.

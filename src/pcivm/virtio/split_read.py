@@ -1,0 +1,163 @@
+"""A large read cut in two and done by two threads at once, while that is faster here.
+
+A virtio-blk read that the page cache holds is one copy, page cache to guest RAM, by the
+CPU that asks for it. preadv2 releases the GIL, so a second thread reading the back part
+of the read copies it at the same time on another CPU. Whether that pays depends on the
+machine: the second thread starts late (a futex wake-up on the other CPU, then the GIL),
+and the copy it takes over must be worth more than that. Under the box's TCG a 1 MiB copy
+costs 2.5-5 ms and a wake-up 0.2-0.45 ms: cut reads are 0.7-0.8x of whole ones. On a
+host whose wake-up (~60 us) is close to its 1 MiB copy (~80 us), they are slower.
+
+So nothing is assumed: `SplitPolicy` does large reads in short runs of one way, times
+them, keeps the last few times per byte of cut reads and of whole ones, and after a run
+of each chooses the way whose median is lower, with one run in `PROBE_RUN_EVERY` of the
+other (the host's load moves). Runs, because a helper thread that has been idle starts
+slower than one in use (under TCG cut reads done now and then measured 1.2x whole ones,
+done in a row 0.8x); medians, because single reads in the box can take several times
+the usual (an interrupt lands mid-copy). It also
+places the cut: the front's share of the read moves by `SHARE_STEP` each cut read toward
+where both parts finish together. `SplitHelper` is the second thread. Writes are not
+cut: a buffered write holds the file's inode lock, and two parts would take turns.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from pcivm.iovec import IoVec
+from pcivm.virtio.workers import WorkerThreads
+
+# The smallest read asked about: below it a cut read has not been seen to pay anywhere.
+SPLIT_READ_MIN = 512 << 10
+# The least and the most of a cut read the caller's front part takes, and how far that
+# share moves per cut read.
+FRONT_SHARE_MIN = 0.125
+FRONT_SHARE_MAX = 0.875
+SHARE_STEP = 1 / 64
+# Reads are done one way in runs of RUN (the first of a run is not timed: a helper that
+# has been idle for a while starts slower than one in use); one run in PROBE_RUN_EVERY is
+# of the way currently measured slower, to see if it still is.
+RUN = 4
+PROBE_RUN_EVERY = 16
+# Times kept per way (about two runs' worth).
+WINDOW = 2 * (RUN - 1)
+
+
+class SplitPolicy:
+    """Whether to cut a large read in two and where, from the reads themselves."""
+
+    __slots__ = ("enabled", "front_share", "_per_byte", "_cutting", "_left", "_runs", "_cold")
+
+    def __init__(self, enabled: bool | None = None):
+        # One CPU: nothing to gain.
+        self.enabled = len(os.sched_getaffinity(0)) > 1 if enabled is None else enabled
+        self.front_share = 0.5
+        # Seconds a byte of the last reads timed: whole ones, cut ones.
+        self._per_byte: tuple[deque[float], deque[float]] = (
+            deque(maxlen=WINDOW),
+            deque(maxlen=WINDOW),
+        )
+        self._cutting = False  # the way of the current run
+        self._left = 0  # reads left in it
+        self._runs = 0
+        self._cold = False  # the read asked about last is the first of its run
+
+    def cut_at(self, nbytes: int, offset: int) -> int | None:
+        """Where to cut a read of `nbytes` at file `offset` (bytes into it, at a page
+        boundary of the file, so that the two threads copy different pages), or None to
+        read it whole."""
+        if not self.enabled or nbytes < SPLIT_READ_MIN:
+            return None
+        self._cold = not self._left
+        if self._cold:
+            self._cutting = self._next_run_cuts()
+            self._left = RUN
+        self._left -= 1
+        if not self._cutting:
+            return None
+        at = ((offset + int(nbytes * self.front_share)) & -mmap.PAGESIZE) - offset
+        return at if 0 < at < nbytes else None
+
+    def _next_run_cuts(self) -> bool:
+        whole, cut = self._per_byte
+        self._runs += 1
+        if len(cut) < RUN - 1 or len(whole) < RUN - 1:
+            return len(cut) <= len(whole)  # a run of each way before any choice
+        probe = self._runs % PROBE_RUN_EVERY == 0
+        return (_median(cut) < _median(whole)) != probe
+
+    def record(self, was_cut: bool, seconds: float, nbytes: int) -> None:
+        """The read last asked about was done whole (or cut) in `seconds`."""
+        if nbytes >= SPLIT_READ_MIN and not self._cold:
+            self._per_byte[was_cut].append(seconds / nbytes)
+
+    def front_done(self, back_still_running: bool) -> None:
+        """The front part of a cut read is done: move the cut toward where both parts
+        finish together (the back part, started late, still running: the front takes
+        more next time)."""
+        if back_still_running:
+            self.front_share = min(FRONT_SHARE_MAX, self.front_share + SHARE_STEP)
+        else:
+            self.front_share = max(FRONT_SHARE_MIN, self.front_share - SHARE_STEP)
+
+
+def _median(times: deque[float]) -> float:
+    return sorted(times)[len(times) // 2]
+
+
+class BackPart:
+    """The back part of a cut read, done on the helper thread."""
+
+    __slots__ = ("iov", "offset", "_read", "_result", "_finished")
+
+    def __init__(self, read: Callable[[IoVec, int], int | None], iov: IoVec, offset: int):
+        self.iov = iov
+        self.offset = offset
+        self._read = read
+        self._result: int | None | BaseException = None
+        self._finished = threading.Lock()
+        self._finished.acquire()  # released by the helper when the part is done
+
+    def run(self) -> None:
+        try:
+            self._result = self._read(self.iov, self.offset)
+        except BaseException as error:  # raised again on the caller's thread
+            self._result = error
+        finally:
+            self._finished.release()
+
+    @property
+    def running(self) -> bool:
+        return self._finished.locked()
+
+    def wait(self) -> int | None:
+        """What the part's read returned; raises what it raised."""
+        self._finished.acquire()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+
+class SplitHelper:
+    """The thread that reads back parts (started on first use)."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._thread: WorkerThreads | None = None
+
+    def start(self, read: Callable[[IoVec, int], int | None], iov: IoVec, offset: int) -> BackPart:
+        """`read(iov, offset)` on the helper thread; wait for it with `BackPart.wait`."""
+        if self._thread is None:
+            self._thread = WorkerThreads(1, self._name, BackPart.run, role="split")
+        part = BackPart(read, iov, offset)
+        self._thread.submit(part)
+        return part
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
