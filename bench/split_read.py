@@ -1,0 +1,130 @@
+"""Large reads cut in two or done whole: which is faster on this machine, and what pcivm chose.
+
+virtio-blk may cut a read of 512 KiB or more that the page cache holds in two, a helper
+thread reading the back part while the caller reads the front (src/pcivm/virtio/
+split_read.py); `SplitPolicy` measures which way is faster where pcivm runs. This
+drives `BlockBackend.try_preadv` in process, 1 MiB reads of 256 scattered guest pages
+from a file in /dev/shm, three ways, alternating:
+
+- `whole`: every read done by the calling thread;
+- `cut`: every read cut in two (where `SplitPolicy` places the cut);
+- `policy`: what `SplitPolicy` chooses (its probes included);
+
+and `ping`, a wake-up of the helper thread and back (what a cut read pays besides its
+copy). Per read, medians over the rounds.
+
+    .venv/bin/python bench/split_read.py                 # this host
+    pcivm box -- .venv/bin/python bench/split_read.py    # the box's emulated CPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import statistics
+import struct
+import time
+
+MiB = 1 << 20
+PAGES = 256
+
+
+class _Forced:
+    """A SplitPolicy that always (or never) cuts, the cut still placed as pcivm does."""
+
+    def __init__(self, cut: bool):
+        from pcivm.virtio.split_read import SplitPolicy
+
+        self._policy = SplitPolicy(enabled=True)
+        self._cut = cut
+
+    def cut_at(self, nbytes: int, offset: int) -> int | None:
+        if not self._cut:
+            return None
+        at = ((offset + int(nbytes * self._policy.front_share)) & -mmap.PAGESIZE) - offset
+        return at if 0 < at < nbytes else None
+
+    def record(self, was_cut: bool, seconds: float, nbytes: int) -> None:
+        pass
+
+    def front_done(self, back_still_running: bool) -> None:
+        self._policy.front_done(back_still_running)
+
+
+def measure(count: int, file_mib: int, first: int = 0) -> dict:
+    """Microseconds per 1 MiB read each way, and per helper ping; the ways in turn from
+    the `first`-th (rounds rotate them: the helper's first start, and the box's speed,
+    drift through a round)."""
+    from pcivm.memory import GuestMemory
+    from pcivm.virtio.blk import BlockBackend
+    from pcivm.virtio.split_read import SplitHelper, SplitPolicy
+
+    path = f"/dev/shm/pcivm-split-read-{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    memory = GuestMemory(4 * MiB)
+    backend = None
+    try:
+        for i in range(file_mib):
+            os.pwrite(fd, os.urandom(MiB), i * MiB)  # in the page cache, no holes
+        memory.write(0, b"\1" * (4 * MiB))  # guest RAM faulted in before timing
+        table = b"".join(struct.pack("<QII", 2 * 4096 * p, 4096, 0) for p in range(PAGES))
+        iov = memory.iovec_of_table(table)
+        backend = BlockBackend(path, locking=False)
+        result = {}
+        ways = [
+            ("whole", _Forced(False)),
+            ("cut", _Forced(True)),
+            ("policy", SplitPolicy(enabled=True)),
+        ]
+        first %= len(ways)
+        for name, policy in ways[first:] + ways[:first]:
+            backend.split_policy = policy
+            started = time.perf_counter()
+            for i in range(count):
+                if backend.try_preadv(iov, (i % file_mib) * MiB) != MiB:
+                    raise RuntimeError("a read of the file in /dev/shm came back short")
+            result[name] = (time.perf_counter() - started) / count * 1e6
+        result = {name: result[name] for name, _ in ways}
+        helper = SplitHelper("bench")
+        try:
+            started = time.perf_counter()
+            for _ in range(count):
+                helper.start(lambda iov, offset: 0, iov, 0).wait()
+            result["ping"] = (time.perf_counter() - started) / count * 1e6
+        finally:
+            helper.close()
+        return result
+    finally:
+        if backend is not None:
+            backend.close()
+        memory.close()
+        os.close(fd)
+        os.unlink(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6, help="repetitions (default 6)")
+    parser.add_argument("--count", type=int, default=150, help="reads per figure (default 150)")
+    parser.add_argument("--file-mib", type=int, default=32, help="size of the file read")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.count < 1 or args.file_mib < 1:
+        parser.error("--rounds, --count and --file-mib must be at least 1")
+    results = []
+    for round_index in range(args.rounds):
+        result = measure(args.count, args.file_mib, first=round_index)
+        results.append(result)
+        figures = "  ".join(f"{name} {us:6.0f} us" for name, us in result.items())
+        print(f"round {round_index + 1}: {figures}", flush=True)
+    med = {name: statistics.median(r[name] for r in results) for name in results[0]}
+    print(
+        f"medians per 1 MiB read: whole {med['whole']:.0f} us, cut {med['cut']:.0f} us "
+        f"({med['cut'] / med['whole']:.2f}x), policy {med['policy']:.0f} us "
+        f"({med['policy'] / med['whole']:.2f}x); helper ping {med['ping']:.0f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
