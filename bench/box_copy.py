@@ -16,12 +16,17 @@ measures, from a file in /dev/shm into an anonymous mapping:
 
 from __future__ import annotations
 
-import argparse
 import mmap
 import os
-import statistics
+import sys
 import threading
 import time
+from pathlib import Path
+
+if not __package__:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ArgumentParser, measured_rounds, positive_int  # noqa: E402
 
 MiB = 1 << 20
 
@@ -71,20 +76,14 @@ def measure(count: int, file_mib: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions (default 3)")
-    parser.add_argument("--count", type=int, default=300, help="MiB copied per figure")
-    parser.add_argument("--file-mib", type=int, default=32, help="size of the file read")
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=positive_int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--count", type=positive_int, default=300, help="MiB copied per figure")
+    parser.add_argument("--file-mib", type=positive_int, default=32, help="size of the file read")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.count < 1 or args.file_mib < 1:
-        parser.error("--rounds, --count and --file-mib must be at least 1")
-    results = []
-    for round_index in range(args.rounds):
-        result = measure(args.count, args.file_mib)
-        results.append(result)
-        figures = "  ".join(f"{name} {us:7.0f} us" for name, us in result.items())
-        print(f"round {round_index + 1}: per MiB  {figures}", flush=True)
-    medians = {name: statistics.median(r[name] for r in results) for name in results[0]}
+    medians = measured_rounds(
+        args.rounds, lambda _: measure(args.count, args.file_mib), label="per MiB  "
+    )
     print(
         f"medians: read {medians['read']:.0f} us, read x2 {medians['read x2']:.0f} us "
         f"({medians['read x2'] / medians['read']:.2f}x), memcpy {medians['memcpy']:.0f} us"

@@ -11,7 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 # KVM keeps one directory per VM here, named "<pid>-<vm fd>"; it goes when the VM does.
@@ -97,6 +97,18 @@ def rotate(items: Sequence, offset: int) -> list:
         return []
     offset %= len(items)
     return list(items[offset:]) + list(items[:offset])
+
+
+def measured_rounds(rounds: int, measure: Callable[[int], dict[str, float]], label: str = ""):
+    """`measure(round_index)` `rounds` times, each round's figures (microseconds) printed
+    as it ends, after `label`; the median of each figure over the rounds."""
+    results = []
+    for round_index in range(rounds):
+        result = measure(round_index)
+        results.append(result)
+        figures = "  ".join(f"{name} {us:7.0f} us" for name, us in result.items())
+        print(f"round {round_index + 1}: {label}{figures}", flush=True)
+    return {name: statistics.median(r[name] for r in results) for name in results[0]}
 
 
 # -- KVM's debugfs ----------------------------------------------------------------------

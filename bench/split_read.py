@@ -1,8 +1,8 @@
 """Large reads cut in two or done whole: which is faster on this machine, and what pcivm chose.
 
 virtio-blk may cut a read of 512 KiB or more that the page cache holds in two, a helper
-thread reading the back part while the caller reads the front (src/pcivm/virtio/
-split_read.py); `SplitPolicy` measures which way is faster where pcivm runs. This
+thread reading the back part while the caller reads the front; `SplitPolicy`
+(pcivm/virtio/split_read.py) measures which way is faster where pcivm runs. This
 drives `BlockBackend.try_preadv` in process, 1 MiB reads of 256 scattered guest pages
 from a file in /dev/shm, three ways, alternating:
 
@@ -19,12 +19,17 @@ copy). Per read, medians over the rounds.
 
 from __future__ import annotations
 
-import argparse
 import mmap
 import os
-import statistics
 import struct
+import sys
 import time
+from pathlib import Path
+
+if not __package__:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ArgumentParser, measured_rounds, positive_int, rotate  # noqa: E402
 
 MiB = 1 << 20
 PAGES = 256
@@ -77,8 +82,7 @@ def measure(count: int, file_mib: int, first: int = 0) -> dict:
             ("cut", _Forced(True)),
             ("policy", SplitPolicy(enabled=True)),
         ]
-        first %= len(ways)
-        for name, policy in ways[first:] + ways[:first]:
+        for name, policy in rotate(ways, first):
             backend.split_policy = policy
             started = time.perf_counter()
             for i in range(count):
@@ -104,20 +108,18 @@ def measure(count: int, file_mib: int, first: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6, help="repetitions (default 6)")
-    parser.add_argument("--count", type=int, default=150, help="reads per figure (default 150)")
-    parser.add_argument("--file-mib", type=int, default=32, help="size of the file read")
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=positive_int, default=6, help="repetitions (default 6)")
+    parser.add_argument(
+        "--count", type=positive_int, default=150, help="reads per figure (default 150)"
+    )
+    parser.add_argument(
+        "--file-mib", type=positive_int, default=32, help="size of the file read (default 32)"
+    )
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.count < 1 or args.file_mib < 1:
-        parser.error("--rounds, --count and --file-mib must be at least 1")
-    results = []
-    for round_index in range(args.rounds):
-        result = measure(args.count, args.file_mib, first=round_index)
-        results.append(result)
-        figures = "  ".join(f"{name} {us:6.0f} us" for name, us in result.items())
-        print(f"round {round_index + 1}: {figures}", flush=True)
-    med = {name: statistics.median(r[name] for r in results) for name in results[0]}
+    med = measured_rounds(
+        args.rounds, lambda round_index: measure(args.count, args.file_mib, first=round_index)
+    )
     print(
         f"medians per 1 MiB read: whole {med['whole']:.0f} us, cut {med['cut']:.0f} us "
         f"({med['cut'] / med['whole']:.2f}x), policy {med['policy']:.0f} us "
