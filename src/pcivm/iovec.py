@@ -111,6 +111,8 @@ class IoVec:
     def view(self, index: int) -> memoryview:
         if self._views is not None:
             return self._views[index]
+        if not -self.count <= index < self.count:
+            raise IndexError(f"range {index} of {self.count}")  # as a list of views would
         base, length = _RANGE.unpack_from(self._vector, RANGE_BYTES * (index % self.count))
         start = base - self._origin
         return self._ram[start : start + length]

@@ -99,6 +99,23 @@ def test_split_cuts_at_any_byte_and_the_parts_hold_the_same_ranges(memory):
     assert front.bases[-1] + 50 == back.bases[0] == memory.host_addr + 0x8000 + 50
 
 
+def test_a_range_past_either_end_is_an_index_error_in_both_forms(memory):
+    for iov in (
+        memory.iovec([0x1000, 0x3000], [16, 32]),  # views
+        memory.iovec([0x2000 * (i + 1) for i in range(10)], [16] * 10),  # addresses
+    ):
+        assert len(iov.view(-1)) == iov.lengths[-1]
+        for index in (len(iov), -len(iov) - 1):
+            with pytest.raises(IndexError):
+                iov.view(index)
+        empty = iov.trimmed(0, 0)
+        with pytest.raises(IndexError):
+            empty.view(-1)
+    array_form = memory.iovec([0x2000 * (i + 1) for i in range(10)], [16] * 10)
+    with pytest.raises(IndexError):
+        IoVec.of_vector(b"", 0, array_form._ram, array_form._origin).view(-1)
+
+
 def test_alignment_looks_at_every_start_and_length(memory):
     assert memory.iovec([0x1000, 0x3000], [0x1000, 0x200]).aligned(512)
     assert not memory.iovec([0x1000, 0x3000], [0x1000, 0x100]).aligned(512)
