@@ -292,17 +292,10 @@ class BlockBackend:
         return done + rest
 
     def _read_back_now(self, iov: IoVec, offset: int) -> int | None:
-        """On the helper thread: one preadv2 of a cut read's back part that does not
-        wait; the bytes read, or None if it would have waited."""
-        try:
-            n = IoVec.preadv(iov, self.fd, offset, self._now_flags)
-        except BlockingIOError:
-            return None
-        except OSError as error:
-            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                return None  # no RWF_NOWAIT here: the front part finds out too
-            raise
-        return None if n != iov.nbytes and offset + n < self.size else n
+        """On the helper thread: a cut read's back part, if it needs no waiting (the bytes
+        read; None otherwise: a refused RWF_NOWAIT the front part finds out too)."""
+        n = self._attempt(IoVec.preadv, iov, offset)
+        return None if n == NOWAIT_REFUSED else n
 
     def try_pwritev(self, iov: IoVec, offset: int) -> int | None:
         """`pwritev` if it can finish without waiting; None otherwise. A write that got
@@ -320,18 +313,29 @@ class BlockBackend:
             return None, True
         if iov.count > IOV_MAX:
             return None, True
+        n = self._attempt(call, iov, offset)
+        if n == NOWAIT_REFUSED:
+            return None, False
+        if n is None:
+            return self._would_wait(), True
+        self._nowait_backoff = 0
+        return n, True
+
+    def _attempt(self, call, iov: IoVec, offset: int) -> int | None:
+        """One transfer that does not wait, touching no state (a cut read's helper makes
+        them too): the bytes done, None if it would wait, or NOWAIT_REFUSED if this file
+        or kernel does not take RWF_NOWAIT."""
         try:
             n = call(iov, self.fd, offset, self._now_flags)
         except BlockingIOError:
-            return self._would_wait(), True
+            return None
         except OSError as error:
             if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                return None, False
+                return NOWAIT_REFUSED
             raise
         if n != iov.nbytes and offset + n < self.size:
-            return self._would_wait(), True  # stopped where it would wait, not at the end
-        self._nowait_backoff = 0
-        return n, True
+            return None  # stopped where it would wait, not at the end
+        return n
 
     def _would_wait(self) -> None:
         self._nowait_backoff = min(max(1, 2 * self._nowait_backoff), NOWAIT_MAX_SKIP)
@@ -442,6 +446,7 @@ class BlockBackend:
 
 
 NOWAIT_MAX_SKIP = 64
+NOWAIT_REFUSED = -1  # `BlockBackend._attempt`: the file or kernel refuses RWF_NOWAIT
 # The most a transfer done at once (on the kick thread, under the device lock) may move:
 # Linux's largest request here (max_sectors_kb 1280) fits; a larger chain waits for a
 # worker, so that no single guest request holds the device for long.
