@@ -38,6 +38,8 @@ PAGES = 256
 class _Forced:
     """A SplitPolicy that always (or never) cuts, the cut still placed as pcivm does."""
 
+    enabled = True
+
     def __init__(self, cut: bool):
         from pcivm.virtio.split_read import SplitPolicy
 

@@ -263,9 +263,14 @@ class BlockBackend:
         cut in two and done by two threads at once (split_read.py)."""
         if not self._nowait_reads:
             return None
-        if iov.nbytes < SPLIT_READ_MIN or self._nowait_skip or iov.count > IOV_MAX:
+        if (
+            iov.nbytes < SPLIT_READ_MIN
+            or not self.split_policy.enabled
+            or self._nowait_skip
+            or iov.count > IOV_MAX
+        ):
             done, self._nowait_reads = self._try_now(IoVec.preadv, iov, offset)
-            return done
+            return done  # not a read the policy is asked about, nor timed for it
         at = self.split_policy.cut_at(iov.nbytes, offset)
         started = time.perf_counter()
         if at is None:

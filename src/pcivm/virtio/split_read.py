@@ -92,8 +92,8 @@ class SplitPolicy:
         return (_median(cut) < _median(whole)) != probe
 
     def record(self, was_cut: bool, seconds: float, nbytes: int) -> None:
-        """The read last asked about was done whole (or cut) in `seconds`."""
-        if nbytes >= SPLIT_READ_MIN and not self._cold:
+        """The read last asked about (`cut_at`) was done whole (or cut) in `seconds`."""
+        if not self._cold:
             self._per_byte[was_cut].append(seconds / nbytes)
 
     def front_done(self, back_still_running: bool) -> None:
