@@ -19,7 +19,6 @@ copy). Per read, medians over the rounds.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import sys
@@ -47,10 +46,7 @@ class _Forced:
         self._cut = cut
 
     def cut_at(self, nbytes: int, offset: int) -> int | None:
-        if not self._cut:
-            return None
-        at = ((offset + int(nbytes * self._policy.front_share)) & -mmap.PAGESIZE) - offset
-        return at if 0 < at < nbytes else None
+        return self._policy.cut_point(nbytes, offset) if self._cut else None
 
     def record(self, was_cut: bool, seconds: float, nbytes: int) -> None:
         pass

@@ -78,8 +78,11 @@ class SplitPolicy:
             self._cutting = self._next_run_cuts()
             self._left = RUN
         self._left -= 1
-        if not self._cutting:
-            return None
+        return self.cut_point(nbytes, offset) if self._cutting else None
+
+    def cut_point(self, nbytes: int, offset: int) -> int | None:
+        """Where the cut goes when a read is cut: the front's share of it, moved back to a
+        page boundary of the file; None if that leaves a part empty."""
         at = ((offset + int(nbytes * self.front_share)) & -mmap.PAGESIZE) - offset
         return at if 0 < at < nbytes else None
 
