@@ -1,5 +1,9 @@
 """Guest RAM: bounds checks and the layout around the 32-bit PCI hole."""
 
+import errno
+import mmap
+import struct
+
 import pytest
 
 from pcivm.memory import FOUR_GIB, E820Type, GiB, GuestMemory, GuestMemoryError, MiB
@@ -96,4 +100,29 @@ def test_ram_is_2_mib_aligned_asks_for_huge_pages_and_stays_out_of_forks():
     assert memory.host_addr % (2 * MiB) == 0
     flags = _vm_flags(memory.host_addr)
     assert "hg" in flags and "dc" in flags  # MADV_HUGEPAGE, MADV_DONTFORK
+    memory.close()
+
+
+def test_ram_starts_at_a_multiple_of_4_gib_unless_the_host_refuses_the_room(monkeypatch):
+    # At a multiple of 4 GiB, tables of guest ranges translate as byte columns
+    # (range_table); a host that refuses the larger mapping still gets a working VM.
+    memory = GuestMemory(64 * MiB)
+    assert memory.host_addr % FOUR_GIB == 0
+    assert memory._range_checker._columns is not None
+    assert "nr" in _vm_flags(memory.host_addr)  # MAP_NORESERVE: the slack costs nothing
+    memory.close()
+    real_mmap = mmap.mmap
+
+    def refuse_large(fileno, length, flags, *args, **kwargs):
+        if length > FOUR_GIB:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real_mmap(fileno, length, flags, *args, **kwargs)
+
+    monkeypatch.setattr(mmap, "mmap", refuse_large)
+    memory = GuestMemory(64 * MiB)
+    assert memory.host_addr % (2 * MiB) == 0
+    assert memory._range_checker._columns is None or memory.host_addr % FOUR_GIB == 0
+    memory.write(0x1000, b"still RAM")
+    iov = memory.iovec_of_table(struct.pack("<QII", 0x1000, 9, 0) * 20)
+    assert bytes(iov.view(0)) == b"still RAM" and iov.nbytes == 180
     memory.close()

@@ -1,25 +1,32 @@
-"""range_table: tables of ranges checked and translated as lanes of one integer, against
-the same rules applied range by range."""
+"""range_table: tables of ranges checked and translated as byte columns or as lanes of
+one integer, against the same rules applied range by range."""
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcivm.memory import FOUR_GIB, GuestMemory, MiB
-from pcivm.range_table import RangeChecker, aligned
+from pcivm.range_table import RangeChecker, _Columns, aligned, byte_sum
 
 LOW_END = 64 * MiB
 HIGH_SIZE = 32 * MiB
 # As GuestMemory lays RAM out: low RAM at 0, the rest at 4 GiB; deltas of either sign.
+# Low RAM at a multiple of 4 GiB of the host takes the byte columns first.
 REGIONS = ((0, LOW_END, 0x7F00_0000_0000), (FOUR_GIB, FOUR_GIB + HIGH_SIZE, -0x1000))
+# Low RAM elsewhere: the lanes alone.
+LANES_ONLY = ((0, LOW_END, 0x7F00_0020_0000), REGIONS[1])
+COLUMNS = _Columns.of_region(REGIONS[0])
+# What the columns vouch for in REGIONS: addresses below 48 MiB, lengths below 16 MiB.
+COLUMN_ADDRESSES, COLUMN_LENGTHS = 48 * MiB, 16 * MiB
 
 
-def one_by_one(records: list[tuple[int, int, int]]):
+def one_by_one(records: list[tuple[int, int, int]], regions=REGIONS):
     """What translate must give, range by range."""
     if not records or any(length == 0 for _addr, length, _rest in records):
         return None
-    for first, end, delta in REGIONS:
+    for first, end, delta in regions:
         if all(first <= addr and addr + length <= end for addr, length, _ in records):
             pairs = [(addr + delta, length) for addr, length, _rest in records]
             return b"".join(struct.pack("<QQ", *pair) for pair in pairs), sum(n for _, n in pairs)
@@ -38,11 +45,52 @@ lengths = st.one_of(st.integers(0, 0x3000), st.integers(0, (1 << 32) - 1), st.ju
 records = st.lists(st.tuples(addresses, lengths, st.integers(0, (1 << 32) - 1)), max_size=40)
 
 
+@pytest.mark.parametrize("regions", [REGIONS, LANES_ONLY], ids=["columns", "lanes"])
+@settings(max_examples=400, deadline=None)
+@given(table=records)
+def test_a_table_is_judged_as_range_by_range(regions, table):
+    raw = b"".join(struct.pack("<QII", *record) for record in table)
+    assert RangeChecker(regions).translate(raw) == one_by_one(table, regions)
+
+
+def test_columns_serve_a_region_at_0_with_a_delta_of_whole_4_gib():
+    assert COLUMNS is not None
+    assert RangeChecker(LANES_ONLY)._columns is None
+    for region in (
+        (0, LOW_END, 0x7F00_0000_1000),  # host address not a multiple of 4 GiB
+        (0x1000, LOW_END, 0x7F00_0000_0000),  # not from 0
+        (0, 31 * MiB, 0x7F00_0000_0000),  # too small for two 16 MiB steps
+        (0, LOW_END, -FOUR_GIB),
+    ):
+        assert _Columns.of_region(region) is None
+
+
 @settings(max_examples=400, deadline=None)
 @given(records)
-def test_a_table_is_judged_as_range_by_range(table):
+def test_the_columns_vouch_for_nothing_wrong(table):
     raw = b"".join(struct.pack("<QII", *record) for record in table)
-    assert RangeChecker(REGIONS).translate(raw) == one_by_one(table)
+    got = COLUMNS.translate(raw, len(table)) if table else None
+    assert got is None or got == one_by_one(table)
+
+
+ranges_well_inside = st.tuples(
+    st.one_of(st.integers(0, COLUMN_ADDRESSES - 1), st.just(COLUMN_ADDRESSES - 1)),
+    st.one_of(st.integers(1, COLUMN_LENGTHS - 1), st.just(COLUMN_LENGTHS - 1), st.just(4096)),
+    st.integers(0, (1 << 32) - 1),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ranges_well_inside, min_size=1, max_size=600))
+def test_the_columns_take_every_table_well_inside_low_ram(table):
+    raw = b"".join(struct.pack("<QII", *record) for record in table)
+    assert COLUMNS.translate(raw, len(table)) == one_by_one(table)
+
+
+@given(st.binary(max_size=3000))
+def test_byte_sum(data):
+    assert byte_sum(data) == sum(data)
+    assert byte_sum(b"\xff" * 600) == 255 * 600
 
 
 @settings(max_examples=200, deadline=None)

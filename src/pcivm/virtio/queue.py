@@ -53,13 +53,15 @@ _DESC = struct.Struct("<QIHH")
 MAX_CHAIN_BYTES = 1 << 32
 # An indirect table is addressed by 16-bit next fields: more entries are unreachable.
 MAX_INDIRECT_ENTRIES = 1 << 16
-# The flags and next fields of an indirect table as Linux writes it, as their
-# little-endian bytes: next of entry i is i + 1.
-_F_NONE = (0).to_bytes(2, "little")
-_F_NEXT = VIRTQ_DESC_F_NEXT.to_bytes(2, "little")
-_F_WRITE = VIRTQ_DESC_F_WRITE.to_bytes(2, "little")
-_F_NEXT_WRITE = (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE).to_bytes(2, "little")
-_LINKS = struct.pack(f"<{(1 << 16) - 1}H", *range(1, 1 << 16))
+# An indirect table as Linux writes it, as columns of bytes (byte k of every 16-byte
+# descriptor: `table[k::16]`): next of entry i is i + 1, low byte and high byte; the
+# flags' high byte is zero, their low byte NEXT or NEXT | WRITE but for the last entry's.
+_NEXT_LOW, _NEXT_HIGH, _FLAGS_LOW, _FLAGS_HIGH = 14, 15, 12, 13
+_LINKS_LOW = bytes(i & 0xFF for i in range(1, 1 << 16))
+_LINKS_HIGH = bytes(i >> 8 for i in range(1, 1 << 16))
+_ZEROS = bytes(1 << 16)
+_F_READ_MORE = bytes([VIRTQ_DESC_F_NEXT])
+_F_WRITE_MORE = bytes([VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE])
 # From this many entries on an indirect table is checked in bulk (measured natively: a
 # 3-entry table, a 4 KiB read, walks in 2.6 us one by one and 4.4 us in bulk; at 16
 # entries bulk wins, 7.7 against 9.4 us; at 258, 69 against 143 us).
@@ -375,37 +377,40 @@ class SplitQueue:
         names what is wrong).
 
         A 1 MiB read is a table of 258 entries: walking them one by one in Python cost
-        more than the read itself; here every step is a C-level operation on bytes (the
-        flags and next fields compared with the pattern they must have) or on the whole
-        table as one integer (`GuestMemory.iovec_of_table`)."""
-        n = len(table) // VIRTQ_DESC_SIZE
-        halves = table.cast("H")  # per entry: addr (4 halves), len (2), flags, next
-        if halves[7::8].tobytes()[:-2] != _LINKS[: 2 * (n - 1)]:
+        more than the read itself; here every step is a C loop over bytes, on one copy
+        of the table: a column of every entry's byte k compared with the pattern it must
+        have, and the ranges checked and translated as columns too
+        (`GuestMemory.iovec_of_table`)."""
+        snapshot = table.tobytes()  # the guest may change its table meanwhile
+        n = len(snapshot) // VIRTQ_DESC_SIZE
+        if (
+            snapshot[_NEXT_LOW::VIRTQ_DESC_SIZE][:-1] != _LINKS_LOW[: n - 1]
+            or snapshot[_NEXT_HIGH::VIRTQ_DESC_SIZE][:-1] != _LINKS_HIGH[: n - 1]
+            or snapshot[_FLAGS_HIGH::VIRTQ_DESC_SIZE] != _ZEROS[:n]
+        ):
             return None
-        flags = halves[6::8].tobytes()
-        last = flags[-2:]
-        # A valid table has no flags byte pair other than these, so count finds the
-        # readable entries; anything else fails the comparison below.
-        readable = flags.count(_F_NEXT)
+        flags = snapshot[_FLAGS_LOW::VIRTQ_DESC_SIZE]
+        # A valid table has no flags byte but these, so count finds the readable entries;
+        # anything else fails the comparison below.
+        readable = flags.count(_F_READ_MORE)
         writable = n - 1 - readable
-        if flags[:-2] != _F_NEXT * readable + _F_NEXT_WRITE * writable:
+        if flags[:-1] != _F_READ_MORE * readable + _F_WRITE_MORE * writable:
             return None
-        if last == _F_NONE:
+        last = flags[-1]
+        if last == 0:
             if writable:
                 return None  # a readable buffer after a writable one: let the walk say so
             readable += 1
-        elif last != _F_WRITE:
+        elif last != VIRTQ_DESC_F_WRITE:
             return None
         split = VIRTQ_DESC_SIZE * readable
         # The two sides' ranges checked and translated in bulk, each field read where
         # the descriptor has it: the flags and next fields are ignored there.
-        rio = self.memory.iovec_of_table(table[:split])
-        wio = self.memory.iovec_of_table(table[split:])
+        rio = self.memory.iovec_of_table(snapshot[:split])
+        wio = self.memory.iovec_of_table(snapshot[split:])
         if rio is None or wio is None or rio.nbytes + wio.nbytes > MAX_CHAIN_BYTES:
             return None  # an empty buffer, one outside RAM, or too many bytes
-        # The guest addresses, for `readable`/`writable`: a copy, as the table is the
-        # guest's to change.
-        addrs = memoryview(table.tobytes()).cast("Q")[0::2]
+        addrs = memoryview(snapshot).cast("Q")[0::2]  # for `readable`/`writable`
         return DescriptorChain(head, addrs, rio, wio)
 
     def _chain_error(self, head: int, reason: str) -> VirtqueueError:
