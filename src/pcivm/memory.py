@@ -35,7 +35,7 @@ HUGE_PAGE = 2 * MiB
 # The mapping is made 4 GiB larger to find such a start; the slack is never touched, and
 # MAP_NORESERVE keeps the kernel from counting it against the host's memory.
 RAM_ALIGNMENT = FOUR_GIB
-MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Python < 3.12 lacks the name
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # named by Python 3.13 on
 
 
 class GuestMemoryError(ValueError):
