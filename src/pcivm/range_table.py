@@ -159,7 +159,7 @@ class _Columns:
     @classmethod
     def of_region(cls, region) -> _Columns | None:
         first, end, delta = region
-        usable = first == 0 and delta >= 0 and not delta % (1 << 32) and end >> 25
+        usable = first == 0 and delta >= 0 and not delta % (1 << 32) and end >= 2 << _STEP_BITS
         return cls(end, delta) if usable else None
 
     def translate(self, records, count: int) -> tuple[bytes, int] | None:
