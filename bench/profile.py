@@ -100,6 +100,7 @@ def summarize(raw: str, top: int = 25) -> str:
 
 def profile_in_box(spec: dict) -> int:
     """Boot pcivm, sample it, print py-spy's raw output."""
+    from bench.blk import drive_arg
     from pcivm.reference import GuestBoot, pcivm_argv
 
     boot = GuestBoot(
@@ -107,14 +108,19 @@ def profile_in_box(spec: dict) -> int:
         initrd=Path(spec["initrd"]),
         probe=False,
         run=GUEST_COMMAND,
-        extra_args=["-drive", f"file={spec['disk']},if=virtio,format=raw,readonly=on"],
+        extra_args=["-drive", drive_arg(Path(spec["disk"]))],
     )
     output = Path(spec["disk"]).with_suffix(".spy")
-    vmm = subprocess.Popen(pcivm_argv(boot), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The VMM's messages go to a file: a pipe nobody reads would stop it once full.
+    log = Path(spec["disk"]).with_suffix(".log")
+    with log.open("wb") as stderr:
+        vmm = subprocess.Popen(pcivm_argv(boot), stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         time.sleep(spec["wait"])
         if vmm.poll() is not None:
-            print(f"profile.py: pcivm exited ({vmm.returncode}) before sampling", file=sys.stderr)
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            message = f"profile.py: pcivm exited ({vmm.returncode}) before sampling: {tail}"
+            print(message, file=sys.stderr)
             return 1
         record = [
             spec["py_spy"], "record", "--pid", str(vmm.pid), "--nonblocking", "--threads",
@@ -132,6 +138,7 @@ def profile_in_box(spec: dict) -> int:
         vmm.kill()
         vmm.wait()
         output.unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
 
 
 # -- the host side ---------------------------------------------------------------------------
