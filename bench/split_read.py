@@ -1,7 +1,7 @@
 """Large reads cut in two or done whole: which is faster on this machine, and what pcivm chose.
 
-virtio-blk may cut a read of 512 KiB or more that the page cache holds in two, a helper
-thread reading the back part while the caller reads the front; `SplitPolicy`
+virtio-blk may cut a read of 512 KiB or more that the page cache holds in two, a kernel
+io_uring worker reading the back part while the caller reads the front; `SplitPolicy`
 (pcivm/virtio/split_read.py) measures which way is faster where pcivm runs. This
 drives `BlockBackend.try_preadv` in process, 1 MiB reads of 256 scattered guest pages
 from a file in /dev/shm, three ways, alternating:
@@ -10,8 +10,8 @@ from a file in /dev/shm, three ways, alternating:
 - `cut`: every read cut in two (where `SplitPolicy` places the cut);
 - `policy`: what `SplitPolicy` chooses (its probes included);
 
-and `ping`, a wake-up of the helper thread and back (what a cut read pays besides its
-copy). Per read, medians over the rounds.
+and `ping`, an empty read handed to an io_uring worker and waited for (what a cut read
+pays besides its copy). Per read, medians over the rounds.
 
     .venv/bin/python bench/split_read.py                 # this host
     pcivm box -- .venv/bin/python bench/split_read.py    # the box's emulated CPUs
@@ -56,12 +56,13 @@ class _Forced:
 
 
 def measure(count: int, file_mib: int, first: int = 0) -> dict:
-    """Microseconds per 1 MiB read each way, and per helper ping; the ways in turn from
-    the `first`-th (rounds rotate them: the helper's first start, and the box's speed,
-    drift through a round)."""
+    """Microseconds per 1 MiB read each way, and per io_uring ping; the ways in turn from
+    the `first`-th (rounds rotate them: an io_uring worker's first start, and the box's
+    speed, drift through a round)."""
     from pcivm.memory import GuestMemory
+    from pcivm.uring import ReadRing
     from pcivm.virtio.blk import BlockBackend
-    from pcivm.virtio.split_read import SplitHelper, SplitPolicy
+    from pcivm.virtio.split_read import SplitPolicy
 
     path = f"/dev/shm/pcivm-split-read-{os.getpid()}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -88,14 +89,15 @@ def measure(count: int, file_mib: int, first: int = 0) -> dict:
                     raise RuntimeError("a read of the file in /dev/shm came back short")
             result[name] = (time.perf_counter() - started) / count * 1e6
         result = {name: result[name] for name, _ in ways}
-        helper = SplitHelper("bench")
+        ring = ReadRing()
         try:
             started = time.perf_counter()
             for _ in range(count):
-                helper.start(lambda iov, offset: 0, iov, 0).wait()
+                ring.start_readv(fd, b"", 0, 0, 0, keep=None)
+                ring.wait()
             result["ping"] = (time.perf_counter() - started) / count * 1e6
         finally:
-            helper.close()
+            ring.close()
         return result
     finally:
         if backend is not None:
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"medians per 1 MiB read: whole {med['whole']:.0f} us, cut {med['cut']:.0f} us "
         f"({med['cut'] / med['whole']:.2f}x), policy {med['policy']:.0f} us "
-        f"({med['policy'] / med['whole']:.2f}x); helper ping {med['ping']:.0f} us"
+        f"({med['policy'] / med['whole']:.2f}x); io_uring ping {med['ping']:.0f} us"
     )
     return 0
 

@@ -106,6 +106,13 @@ class IoVec:
             return memoryview(self._vector).cast("Q")[0::2].tolist()
         return [ctypes.addressof(ctypes.c_char.from_buffer(v)) for v in self._views]
 
+    def iovec_array(self) -> bytes:
+        """The ranges as a `struct iovec` array (what preadv2 and io_uring take). The
+        addresses stay valid while this IoVec exists (it holds the mapping)."""
+        if self._vector is not None:
+            return self._vector
+        return b"".join(map(_RANGE.pack, self.bases, self.lengths))
+
     # -- the ranges as views (for os.preadv, copies in Python, and tests) --
 
     def view(self, index: int) -> memoryview:
@@ -177,6 +184,15 @@ class IoVec:
         if self._vector is None:
             return self.trimmed(0, at), self.trimmed(at)
         words = memoryview(self._vector).cast("Q")
+        # A read of whole pages (Linux's ranges) cut at a page: the ranges before the cut
+        # and after it, as they are (a cut read pays this on its critical path).
+        k = at >> 12
+        if at & 0xFFF == 0 and k < self.count and sum(words[1 : 2 * k : 2]) == at:
+            at_k = RANGE_BYTES * k
+            return (
+                IoVec.of_vector(self._vector[:at_k], at, self._ram, self._origin),
+                IoVec.of_vector(self._vector[at_k:], self.nbytes - at, self._ram, self._origin),
+            )
         ends = list(accumulate(words[1::2]))
         k = bisect_left(ends, at)  # the range that holds byte at - 1
         inside = at - (ends[k] - words[2 * k + 1])  # how far into range k the cut is

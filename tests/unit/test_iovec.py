@@ -77,12 +77,17 @@ def test_split_cuts_at_any_byte_and_the_parts_hold_the_same_ranges(memory):
                     out.append((base, length))
         return out
 
-    for iov in (
-        memory.iovec([0x1000, 0x3000, 0x5000], [16, 32, 8]),  # views
-        memory.iovec([0x2000 * (i + 1) for i in range(10)], [16, 32, 8] + [4] * 7),  # addresses
+    pages = [0x10000 + 0x2000 * i for i in range(12)]
+    for iov, step in (
+        (memory.iovec([0x1000, 0x3000, 0x5000], [16, 32, 8]), 1),  # views
+        (memory.iovec([0x2000 * (i + 1) for i in range(10)], [16, 32, 8] + [4] * 7), 1),
+        # Pages (cut at a page: the ranges as they are), and ranges whose page count is
+        # not their index.
+        (memory.iovec(pages, [4096] * 12), 512),
+        (memory.iovec(pages, [8192, 4096, 512, 3584] + [4096] * 8), 256),
     ):
         whole = merged([iov])
-        for at in range(1, iov.nbytes):
+        for at in range(step, iov.nbytes, step):
             front, back = iov.split(at)
             assert (front.nbytes, back.nbytes) == (at, iov.nbytes - at)
             assert sum(front.lengths) == at and sum(back.lengths) == iov.nbytes - at

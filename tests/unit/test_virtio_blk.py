@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from pcivm.errors import PcivmError
 from pcivm.iovec import IoVec
 from pcivm.memory import GuestMemory, MiB
+from pcivm.uring import ReadRing, RingUnavailable
+from pcivm.virtio import split_read
 from pcivm.virtio.blk import AT_ONCE_MAX_BYTES, BlockBackend, BlockImageError, VirtioBlk
 from pcivm.virtio.constants import (
     DEVICE_NEEDS_RESET,
@@ -39,6 +41,7 @@ from pcivm.virtio.split_read import (
     FRONT_SHARE_MIN,
     RUN,
     SPLIT_READ_MIN,
+    BackParts,
     SplitPolicy,
 )
 from pcivm.virtio.testing import BlkDriver, DirectTransport, RngDriver, VirtioDriver
@@ -819,11 +822,20 @@ def cutting(backend) -> None:
         backend.split_policy.record(True, 0.001, MiB)
 
 
-def on_helper() -> bool:
-    return threading.current_thread().name.startswith("disk.img-split")
+def ring_reads(monkeypatch) -> list[tuple[int, int]]:
+    """Record (file offset, ranges) of every read handed to an io_uring worker; the reads
+    themselves are the real ones."""
+    started, real = [], ReadRing.start_readv
+
+    def recording(ring, fd, vector, count, offset, flags, keep):
+        started.append((offset, count))
+        return real(ring, fd, vector, count, offset, flags, keep)
+
+    monkeypatch.setattr(ReadRing, "start_readv", recording)
+    return started
 
 
-def test_a_large_read_done_at_once_is_cut_between_two_threads(image, monkeypatch):
+def test_a_large_read_done_at_once_is_cut_with_a_kernel_worker(image, monkeypatch):
     needs_page_cache_nowait(image)
     with open(image, "r+b") as f:
         f.write(stamped(0, IMAGE_SIZE // 4096))  # in the page cache now
@@ -831,33 +843,35 @@ def test_a_large_read_done_at_once_is_cut_between_two_threads(image, monkeypatch
     memory.write(0, b"\xee" * (4 * MiB))
     backend = BlockBackend(image, locking=False)
     cutting(backend)
-    calls, real = [], IoVec.preadv
+    fronts, real = [], IoVec.preadv
 
     def recording(iov, fd, offset, flags=0):
-        calls.append((offset, iov.nbytes, on_helper()))
+        fronts.append((offset, iov.nbytes))
         return real(iov, fd, offset, flags)
 
     monkeypatch.setattr(IoVec, "preadv", recording)
+    backs = ring_reads(monkeypatch)
     addrs, iov = scattered_mib(memory)
     assert backend.try_preadv(iov, MiB) == MiB
-    # The front part on this thread, the back part on the helper, end to end.
-    (front, front_bytes, helper1), (back, back_bytes, helper2) = sorted(calls)
-    assert (front, back, front_bytes + back_bytes) == (MiB, MiB + front_bytes, MiB)
-    assert (helper1, helper2) == (False, True)
+    # The front part on this thread, the back part by the kernel's worker, end to end.
+    [(front, front_bytes)], [(back, back_ranges)] = fronts, backs
+    assert (front, back, front_bytes + 4096 * back_ranges) == (MiB, MiB + front_bytes, MiB)
     expected = stamped(256, 256)
     for i, addr in enumerate(addrs):
         assert memory.read(addr, 4096) == expected[4096 * i : 4096 * (i + 1)]
         assert memory.read(addr + 4096, 4096) == b"\xee" * 4096  # the gaps are untouched
     # A read the file ends in: the front part is whole, the back part finds the end.
-    calls.clear()
+    fronts.clear()
+    backs.clear()
     assert backend.try_preadv(iov, IMAGE_SIZE - MiB // 2) == MiB // 2
-    assert len(calls) == 2
+    assert (len(fronts), len(backs)) == (1, 1)
     # Smaller reads are not cut.
-    calls.clear()
+    fronts.clear()
+    backs.clear()
     assert backend.try_preadv(iov.trimmed(0, MiB // 4), 0) == MiB // 4
-    assert len(calls) == 1
+    assert (len(fronts), len(backs)) == (1, 0)
     backend.close()
-    assert not any(t.name.startswith("disk.img-split") for t in threading.enumerate())
+    assert backend._back_parts._ring is None  # unmapped and closed
 
 
 def test_a_cut_read_is_not_done_at_once_if_either_part_would_wait(image, monkeypatch):
@@ -866,29 +880,35 @@ def test_a_cut_read_is_not_done_at_once_if_either_part_would_wait(image, monkeyp
     backend = BlockBackend(image, locking=False)
     cutting(backend)
     _, iov = scattered_mib(memory)
-    real, waits_from = IoVec.preadv, [0]
+    real_read, waits_from = IoVec.preadv, [0]
 
     def page_cache_from_the_start(iov, fd, offset, flags=0):
         if flags & os.RWF_NOWAIT and offset >= waits_from[0]:
             raise BlockingIOError(errno.EAGAIN, "would block")
-        return real(iov, fd, offset, flags)
+        return real_read(iov, fd, offset, flags)
 
     monkeypatch.setattr(IoVec, "preadv", page_cache_from_the_start)
-    waits_from[0] = MiB + MiB // 4  # after the front part's start, before the back's
+    back_error, real_wait = [None], BackParts.wait
+
+    def back_part(parts):
+        done = real_wait(parts)  # the read itself is finished first, as it would be
+        if back_error[0] is not None:
+            raise back_error[0]
+        return done
+
+    monkeypatch.setattr(BackParts, "wait", back_part)
+    back_error[0] = BlockingIOError(errno.EAGAIN, "would block")  # the back part waits
     assert backend.try_preadv(iov, MiB) is None
-    waits_from[0] = 0  # the front part too (the backoff skips the next request first)
+    back_error[0] = None
+    waits_from[0] = 0  # the front part (the backoff skips the next request first)
     assert backend.try_preadv(iov, MiB) is None and backend.try_preadv(iov, MiB) is None
     waits_from[0] = IMAGE_SIZE
     backend._nowait_skip = 0
-
-    def failing_back(iov, fd, offset, flags=0):
-        if on_helper():
-            raise OSError(errno.EIO, "I/O error")
-        return real(iov, fd, offset, flags)
-
-    monkeypatch.setattr(IoVec, "preadv", failing_back)
+    back_error[0] = OSError(errno.EIO, "I/O error")
     with pytest.raises(OSError, match="I/O error"):
         backend.try_preadv(iov, MiB)  # raised on this thread once both parts are done
+    back_error[0] = None
+    assert backend.try_preadv(iov, MiB) == MiB  # and the ring goes on
     backend.close()
 
 
@@ -898,13 +918,12 @@ def test_reads_are_cut_only_while_cut_ones_are_measured_faster(image, monkeypatc
     backend = BlockBackend(image, locking=False)
     backend.split_policy = SplitPolicy(enabled=True)
     _, iov = scattered_mib(memory)
-    real, slow, helper_reads = IoVec.preadv, ["cut"], []
+    real, slow = IoVec.preadv, ["cut"]
+    backs = ring_reads(monkeypatch)
 
     def one_way_slow(iov, fd, offset, flags=0):
-        if on_helper():
-            helper_reads.append(offset)
-            if slow[0] == "cut":
-                threading.Event().wait(0.01)
+        if slow[0] == "cut" and iov.nbytes < MiB:
+            threading.Event().wait(0.01)
         elif slow[0] == "whole" and iov.nbytes == MiB:
             threading.Event().wait(0.03)
         return real(iov, fd, offset, flags)
@@ -914,9 +933,9 @@ def test_reads_are_cut_only_while_cut_ones_are_measured_faster(image, monkeypatc
     def cut_or_not(reads: int) -> list[bool]:
         cut = []
         for _ in range(reads):
-            before = len(helper_reads)
+            before = len(backs)
             assert backend.try_preadv(iov, 0) == MiB
-            cut.append(len(helper_reads) > before)
+            cut.append(len(backs) > before)
         return cut
 
     # A run of each way, then whole reads.
@@ -925,6 +944,23 @@ def test_reads_are_cut_only_while_cut_ones_are_measured_faster(image, monkeypatc
     # One run of slow whole reads, then cut ones, until the probe run of whole ones.
     cut = cut_or_not(8 * RUN)
     assert cut == [False] * RUN + [True] * 6 * RUN + [False] * RUN
+    backend.close()
+
+
+def test_large_reads_stay_whole_where_there_is_no_io_uring(image, monkeypatch):
+    needs_page_cache_nowait(image)
+
+    def refused():
+        raise RingUnavailable(errno.EPERM, "io_uring_setup: Operation not permitted")
+
+    monkeypatch.setattr(split_read, "ReadRing", refused)
+    memory = GuestMemory(8 * MiB)
+    backend = BlockBackend(image, locking=False)
+    cutting(backend)
+    _, iov = scattered_mib(memory)
+    for _ in range(2 * RUN):
+        assert backend.try_preadv(iov, 0) == MiB
+    assert not backend.split_policy.enabled
     backend.close()
 
 

@@ -66,7 +66,7 @@ from pcivm.virtio.constants import (
 )
 from pcivm.virtio.device import VirtioDevice, bit
 from pcivm.virtio.queue import DescriptorChain, SplitQueue, VirtqueueError
-from pcivm.virtio.split_read import SPLIT_READ_MIN, SplitHelper, SplitPolicy
+from pcivm.virtio.split_read import SPLIT_READ_MIN, BackParts, SplitPolicy
 from pcivm.virtio.workers import WorkerThreads
 
 log = logging.getLogger(__name__)
@@ -197,10 +197,10 @@ class BlockBackend:
         # about once in 64 requests; one the page cache holds, every time.
         self._nowait_skip = 0
         self._nowait_backoff = 0
-        # A large read done at once may be cut in two, the helper reading the back part
-        # while the caller reads the front (split_read.py).
+        # A large read done at once may be cut in two, a kernel worker reading the back
+        # part while the caller reads the front (split_read.py).
         self.split_policy = SplitPolicy()
-        self._split_helper = SplitHelper(os.path.basename(self.path))
+        self._back_parts = BackParts()
 
     # -- locking --
 
@@ -282,25 +282,27 @@ class BlockBackend:
         return done
 
     def _read_cut(self, iov: IoVec, offset: int, at: int) -> int | None:
-        front, back_iov = iov.split(at)
-        back = self._split_helper.start(self._read_back_now, back_iov, offset + at)
+        front, back = iov.split(at)
+        if not self._back_parts.start(self.fd, back, offset + at, self._now_flags):
+            self.split_policy.enabled = False  # no io_uring here: large reads stay whole
+            done, self._nowait_reads = self._try_now(IoVec.preadv, iov, offset)
+            return done
         try:
             done, self._nowait_reads = self._try_now(IoVec.preadv, front, offset)
-            self.split_policy.front_done(back.running)
+            self.split_policy.front_done(self._back_parts.running)
         finally:
-            rest = back.wait()  # the helper writes into the request's buffers until then
+            # The kernel writes into the request's buffers until then.
+            rest = self._attempt(self._back_part_result, back, offset + at)
         if done is None or done < at:
             return done  # the front would wait, or the file ended in it
-        if rest is None:
+        if rest is None or rest == NOWAIT_REFUSED:
             self._would_wait()
             return None
         return done + rest
 
-    def _read_back_now(self, iov: IoVec, offset: int) -> int | None:
-        """On the helper thread: a cut read's back part, if it needs no waiting (the bytes
-        read; None otherwise: a refused RWF_NOWAIT the front part finds out too)."""
-        n = self._attempt(IoVec.preadv, iov, offset)
-        return None if n == NOWAIT_REFUSED else n
+    def _back_part_result(self, iov: IoVec, fd: int, offset: int, flags: int) -> int:
+        """`_attempt`'s transfer for a back part: its read, already started."""
+        return self._back_parts.wait()
 
     def try_pwritev(self, iov: IoVec, offset: int) -> int | None:
         """`pwritev` if it can finish without waiting; None otherwise. A write that got
@@ -327,9 +329,8 @@ class BlockBackend:
         return n, True
 
     def _attempt(self, call, iov: IoVec, offset: int) -> int | None:
-        """One transfer that does not wait, touching no state (a cut read's helper makes
-        them too): the bytes done, None if it would wait, or NOWAIT_REFUSED if this file
-        or kernel does not take RWF_NOWAIT."""
+        """One transfer that does not wait, touching no state: the bytes done, None if it
+        would wait, or NOWAIT_REFUSED if this file or kernel does not take RWF_NOWAIT."""
         try:
             n = call(iov, self.fd, offset, self._now_flags)
         except BlockingIOError:
@@ -444,7 +445,7 @@ class BlockBackend:
             zeros.close()
 
     def close(self) -> None:
-        self._split_helper.close()
+        self._back_parts.close()
         if self.fd >= 0:
             os.close(self.fd)  # drops the OFD locks with the open file description
             self.fd = -1

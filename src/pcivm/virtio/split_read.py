@@ -23,14 +23,15 @@ write holds the file's inode lock, and two parts would take turns.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
-import threading
 from collections import deque
-from collections.abc import Callable
 
 from pcivm.iovec import IoVec
-from pcivm.virtio.workers import WorkerThreads
+from pcivm.uring import ReadRing, RingUnavailable
+
+log = logging.getLogger(__name__)
 
 # The smallest read asked about: below it a cut read has not been seen to pay anywhere.
 SPLIT_READ_MIN = 512 << 10
@@ -113,55 +114,50 @@ def _median(times: deque[float]) -> float:
     return sorted(times)[len(times) // 2]
 
 
-class BackPart:
-    """The back part of a cut read, done on the helper thread."""
+class BackParts:
+    """Back parts of cut reads, each read by one of the kernel's io_uring workers
+    (`ReadRing`) while the caller reads the front. The ring is opened on first use; where
+    io_uring is not to be had there is none, and `start` says so."""
 
-    __slots__ = ("iov", "offset", "_read", "_result", "_finished")
+    __slots__ = ("_ring", "_unavailable")
 
-    def __init__(self, read: Callable[[IoVec, int], int | None], iov: IoVec, offset: int):
-        self.iov = iov
-        self.offset = offset
-        self._read = read
-        self._result: int | None | BaseException = None
-        self._finished = threading.Lock()
-        self._finished.acquire()  # released by the helper when the part is done
+    def __init__(self):
+        self._ring: ReadRing | None = None
+        self._unavailable = False
 
-    def run(self) -> None:
+    def start(self, fd: int, iov: IoVec, offset: int, flags: int) -> bool:
+        """Start reading `iov` from `offset` (at most IOV_MAX ranges); False if there is no
+        ring to do it."""
+        ring = self._ring
+        if ring is None:
+            if self._unavailable:
+                return False
+            try:
+                ring = self._ring = ReadRing()
+            except RingUnavailable as error:
+                log.debug("large reads are not cut: %s", error)
+                self._unavailable = True
+                return False
+        if ring.busy:  # a wait that failed: the ring's read may still be running
+            return False
         try:
-            self._result = self._read(self.iov, self.offset)
-        except BaseException as error:  # raised again on the caller's thread
-            self._result = error
-        finally:
-            self._finished.release()
+            ring.start_readv(fd, iov.iovec_array(), iov.count, offset, flags, keep=iov)
+        except OSError as error:
+            log.debug("large reads are not cut: %s", error)
+            self._unavailable = True
+            return False
+        return True
 
     @property
     def running(self) -> bool:
-        return self._finished.locked()
+        """The part started last is still being read."""
+        return not self._ring.done
 
-    def wait(self) -> int | None:
-        """What the part's read returned; raises what it raised."""
-        self._finished.acquire()
-        if isinstance(self._result, BaseException):
-            raise self._result
-        return self._result
-
-
-class SplitHelper:
-    """The thread that reads back parts (started on first use)."""
-
-    def __init__(self, name: str):
-        self._name = name
-        self._thread: WorkerThreads | None = None
-
-    def start(self, read: Callable[[IoVec, int], int | None], iov: IoVec, offset: int) -> BackPart:
-        """`read(iov, offset)` on the helper thread; wait for it with `BackPart.wait`."""
-        if self._thread is None:
-            self._thread = WorkerThreads(1, self._name, BackPart.run, role="split")
-        part = BackPart(read, iov, offset)
-        self._thread.submit(part)
-        return part
+    def wait(self) -> int:
+        """The bytes the part started last read, once it is done; raises its error."""
+        return self._ring.wait()
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown()
-            self._thread = None
+        if self._ring is not None and not self._ring.busy:
+            self._ring.close()
+            self._ring = None
