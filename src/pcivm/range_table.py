@@ -109,10 +109,8 @@ class RangeChecker:
             return None
         middle = records[RECORD:-RECORD]
         kept = self._kept  # read once: other threads may replace it meanwhile
-        for seen, inner in kept:
-            if seen == middle:
-                break
-        else:
+        inner = next((done for seen, done in kept if seen == middle), None)
+        if inner is None:
             inner = self._translate(middle)
             if inner is None:
                 return None

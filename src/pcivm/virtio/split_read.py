@@ -1,24 +1,28 @@
 """A large read cut in two and done by two threads at once, while that is faster here.
 
 A virtio-blk read that the page cache holds is one copy, page cache to guest RAM, by the
-CPU that asks for it. preadv2 releases the GIL, so a second thread reading the back part
-of the read copies it at the same time on another CPU. Whether that pays depends on the
-machine: the second thread starts late (a futex wake-up on the other CPU, then the GIL),
-and the copy it takes over must be worth more than that. Under the box's TCG a 1 MiB copy
-costs 2.5-5 ms and a round trip to the helper 0.24-0.36 ms, and the guest's sequential
-reads got faster cut; on a host whose round trip (76-110 us) is close to its 1 MiB copy
-(~100-250 us), cut reads are no faster or slower (bench/split_read.py, docs/performance.md).
+CPU that asks for it. A second thread reading the back part of the read copies it at the
+same time on another CPU: here one of the kernel's io_uring workers (`BackParts`,
+uring.py), handed the read with IOSQE_ASYNC, so that no Python thread has to wake, take
+the GIL and hand it back (in the box a Python helper thread started its part ~0.6 ms
+after the caller and returned it ~0.3 ms after its copy ended). Whether that pays
+depends on the machine: the worker starts late (a wake-up on the other CPU), and the
+copy it takes over must be worth more than that. Under the box's TCG a 1 MiB copy costs
+2.5-5 ms and a round trip to a worker ~0.3 ms, and the guest's sequential reads got
+faster cut; on a host whose round trip (~80 us) is close to its 1 MiB copy (~100-250
+us), cut reads gain little or nothing (bench/split_read.py, docs/performance.md).
 
 So nothing is assumed: `SplitPolicy` does large reads in short runs of one way, times
 them, keeps the last few times per byte of cut reads and of whole ones, and after a run
 of each chooses the way whose median is lower, with one run in `PROBE_RUN_EVERY` of the
-other (the host's load moves). Runs, because a helper thread that has idled starts
-slower than one in use (timed one at a time among whole reads, cut reads looked slower
-in the box than they are in a row); medians, because single reads in the box can take
-several times the usual (an interrupt lands mid-copy). It also places the cut: the
-front's share of the read moves by `SHARE_STEP` each cut read toward where both parts
-finish together. `SplitHelper` is the second thread. Writes are not cut: a buffered
-write holds the file's inode lock, and two parts would take turns.
+other (the host's load moves). Runs, because a worker that has idled starts slower than
+one in use (timed one at a time among whole reads, cut reads looked slower in the box
+than they are in a row); medians, because single reads in the box can take several
+times the usual (an interrupt lands mid-copy). It also places the cut: the front's share
+of the read moves by `SHARE_STEP` each cut read toward where both parts finish
+together. Writes are not cut: a buffered write holds the file's inode lock, and two
+parts would take turns. Where io_uring is refused (an old kernel, seccomp,
+kernel.io_uring_disabled) reads stay whole.
 """
 
 from __future__ import annotations
