@@ -9,10 +9,9 @@ after its copy ended, each a large share of a 1 MiB read (docs/performance.md).
 
 One read at a time, submitted and waited for by one thread (the device's kick thread,
 under the device's lock): a two-entry ring, no submission queue polling, no registered
-buffers. The rings are mapped with libc's mmap (Python's mmap module refuses a file whose
-size is 0, which is what an io_uring's inode may say). x86-64 only, as the VMM is: the
-ring's head and tail are plain stores and loads, ordered as the kernel's acquire/release
-pairs need on x86's TSO.
+buffers. x86-64 only, as the VMM is: the rings' heads and tails are plain 32-bit stores
+and loads through memoryviews (one store each, as virtio's ring fields are written),
+ordered as the kernel's acquire/release pairs need on x86's TSO.
 """
 
 from __future__ import annotations
@@ -25,12 +24,6 @@ import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
-    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
-]  # fmt: skip
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 SYS_IO_URING_SETUP = 425
 SYS_IO_URING_ENTER = 426
@@ -53,7 +46,6 @@ _PARAMS = struct.Struct("<10I 7I I Q 8I Q")
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")
 # struct io_uring_cqe: user_data, res, flags.
 _CQE = struct.Struct("<QiI")
-_U32 = struct.Struct("<I")
 ENTRIES = 2
 
 
@@ -73,7 +65,8 @@ class ReadRing:
             error = ctypes.get_errno()
             raise RingUnavailable(error, f"io_uring_setup: {os.strerror(error)}")
         self._fd = fd
-        self._maps: list[tuple[int, int]] = []
+        self._maps: list[mmap.mmap] = []
+        self._words: list[memoryview] = []  # the rings as 32-bit words
         try:
             self._map_rings(_PARAMS.unpack(params.raw))
         except BaseException:
@@ -89,32 +82,34 @@ class ReadRing:
         sq_bytes = sq_array + 4 * sq_entries
         cq_bytes = cqes + _CQE.size * cq_entries
         if features & IORING_FEAT_SINGLE_MMAP:
-            sq_bytes = cq_bytes = max(sq_bytes, cq_bytes)
-            sq = cq = self._map(sq_bytes, IORING_OFF_SQ_RING)
+            sq = cq = self._map(max(sq_bytes, cq_bytes), IORING_OFF_SQ_RING)
         else:
             sq = self._map(sq_bytes, IORING_OFF_SQ_RING)
             cq = self._map(cq_bytes, IORING_OFF_CQ_RING)
-        sqes = self._map(_SQE.size * sq_entries, IORING_OFF_SQES)
-        self._sq = (ctypes.c_char * sq_bytes).from_address(sq)
-        self._cq = (ctypes.c_char * cq_bytes).from_address(cq)
-        self._sqes = (ctypes.c_char * (_SQE.size * sq_entries)).from_address(sqes)
-        self._sq_tail_at, self._sq_array_at = sq_tail, sq_array
-        self._cq_head_at, self._cq_tail_at, self._cqes_at = cq_head, cq_tail, cqes
-        self._sq_mask = _U32.unpack_from(self._sq, sq_mask)[0]
-        self._cq_mask = _U32.unpack_from(self._cq, cq_mask)[0]
+        self._sqes = self._map(_SQE.size * sq_entries, IORING_OFF_SQES)
+        self._cq = cq  # the completions are read from it as bytes
+        self._sq_words = memoryview(sq).cast("I")
+        self._cq_words = memoryview(cq).cast("I")
+        self._words += (self._sq_words, self._cq_words)
+        # Offsets in 32-bit words (the kernel gives them in bytes, 4-aligned).
+        self._sq_tail, self._sq_array = sq_tail // 4, sq_array // 4
+        self._cq_head, self._cq_tail = cq_head // 4, cq_tail // 4
+        self._cqes_at = cqes
+        self._sq_mask = self._sq_words[sq_mask // 4]
+        self._cq_mask = self._cq_words[cq_mask // 4]
         # The submission tail, which only this object moves.
-        self._sq_next = _U32.unpack_from(self._sq, sq_tail)[0]
+        self._sq_next = self._sq_words[self._sq_tail]
 
-    def _map(self, length: int, offset: int) -> int:
-        address = _libc.mmap(
-            None, length, mmap.PROT_READ | mmap.PROT_WRITE,
-            mmap.MAP_SHARED | mmap.MAP_POPULATE, self._fd, offset,
-        )  # fmt: skip
-        if address in (None, _MAP_FAILED):
-            error = ctypes.get_errno()
-            raise RingUnavailable(error, f"mapping the io_uring: {os.strerror(error)}")
-        self._maps.append((address, length))
-        return address
+    def _map(self, length: int, offset: int) -> mmap.mmap:
+        try:
+            ring = mmap.mmap(
+                self._fd, length, mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                mmap.PROT_READ | mmap.PROT_WRITE, offset=offset,
+            )  # fmt: skip
+        except OSError as error:
+            raise RingUnavailable(error.errno, f"mapping the io_uring: {error.strerror}") from None
+        self._maps.append(ring)
+        return ring
 
     def start_readv(
         self, fd: int, vector: bytes, count: int, offset: int, flags: int, keep: object
@@ -130,9 +125,9 @@ class ReadRing:
             self._sqes, _SQE.size * index,
             IORING_OP_READV, IOSQE_ASYNC, 0, fd, offset, address, count, flags, 0, 0, 0, 0, 0, 0,
         )  # fmt: skip
-        _U32.pack_into(self._sq, self._sq_array_at + 4 * index, index)
+        self._sq_words[self._sq_array + index] = index
         self._sq_next = (self._sq_next + 1) & 0xFFFFFFFF
-        _U32.pack_into(self._sq, self._sq_tail_at, self._sq_next)  # the release: x86 TSO
+        self._sq_words[self._sq_tail] = self._sq_next  # the release: x86 TSO
         self._held = (vector, keep)
         self._busy = True
         while True:
@@ -143,7 +138,7 @@ class ReadRing:
             if submitted >= 0 or error not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
                 # Not taken: nothing will write anywhere; the caller reads it itself.
                 self._sq_next = (self._sq_next - 1) & 0xFFFFFFFF
-                _U32.pack_into(self._sq, self._sq_tail_at, self._sq_next)
+                self._sq_words[self._sq_tail] = self._sq_next
                 self._busy, self._held = False, None
                 raise OSError(error or errno.EIO, f"io_uring_enter: {os.strerror(error)}")
 
@@ -155,8 +150,7 @@ class ReadRing:
     @property
     def done(self) -> bool:
         """Whether the read started last has completed (it is waited for all the same)."""
-        head = _U32.unpack_from(self._cq, self._cq_head_at)[0]
-        return _U32.unpack_from(self._cq, self._cq_tail_at)[0] != head
+        return self._cq_words[self._cq_tail] != self._cq_words[self._cq_head]
 
     def wait(self) -> int:
         """The result of the read started last, once the kernel has finished it: the
@@ -169,11 +163,11 @@ class ReadRing:
                 error = ctypes.get_errno()
                 if error not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
                     raise OSError(error, f"io_uring_enter: {os.strerror(error)}")
-        head = _U32.unpack_from(self._cq, self._cq_head_at)[0]
+        head = self._cq_words[self._cq_head]
         _, result, _ = _CQE.unpack_from(
             self._cq, self._cqes_at + _CQE.size * (head & self._cq_mask)
         )  # fmt: skip
-        _U32.pack_into(self._cq, self._cq_head_at, (head + 1) & 0xFFFFFFFF)
+        self._cq_words[self._cq_head] = (head + 1) & 0xFFFFFFFF
         self._busy, self._held = False, None
         if result < 0:
             raise OSError(-result, os.strerror(-result))
@@ -188,8 +182,11 @@ class ReadRing:
 
     def close(self) -> None:
         """Unmap and close (no read may be running: `wait` first)."""
-        for address, length in self._maps:
-            _libc.munmap(address, length)
+        for words in self._words:
+            words.release()
+        self._words = []
+        for ring in self._maps:
+            ring.close()
         self._maps = []
         if self._fd >= 0:
             os.close(self._fd)
