@@ -33,7 +33,7 @@ import os
 from collections import deque
 
 from pcivm.iovec import IoVec
-from pcivm.uring import ReadRing, RingUnavailable
+from pcivm.uring import ReadRing
 
 log = logging.getLogger(__name__)
 
@@ -121,34 +121,25 @@ def _median(times: deque[float]) -> float:
 class BackParts:
     """Back parts of cut reads, each read by one of the kernel's io_uring workers
     (`ReadRing`) while the caller reads the front. The ring is opened on first use; where
-    io_uring is not to be had there is none, and `start` says so."""
+    io_uring is not to be had there is none, `start` says so, and the caller stops
+    cutting reads."""
 
-    __slots__ = ("_ring", "_unavailable")
+    __slots__ = ("_ring",)
 
     def __init__(self):
         self._ring: ReadRing | None = None
-        self._unavailable = False
 
     def start(self, fd: int, iov: IoVec, offset: int, flags: int) -> bool:
         """Start reading `iov` from `offset` (at most IOV_MAX ranges); False if there is no
         ring to do it."""
-        ring = self._ring
-        if ring is None:
-            if self._unavailable:
-                return False
-            try:
-                ring = self._ring = ReadRing()
-            except RingUnavailable as error:
-                log.debug("large reads are not cut: %s", error)
-                self._unavailable = True
-                return False
-        if ring.busy:  # a wait that failed: the ring's read may still be running
-            return False
         try:
-            ring.start_readv(fd, iov.iovec_array(), iov.count, offset, flags, keep=iov)
-        except OSError as error:
+            if self._ring is None:
+                self._ring = ReadRing()
+            if self._ring.busy:  # a wait that failed: its read may still be running
+                return False
+            self._ring.start_readv(fd, iov.iovec_array(), iov.count, offset, flags, keep=iov)
+        except OSError as error:  # RingUnavailable among them
             log.debug("large reads are not cut: %s", error)
-            self._unavailable = True
             return False
         return True
 
