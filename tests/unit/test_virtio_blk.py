@@ -39,6 +39,7 @@ from pcivm.virtio.rng import VirtioRng
 from pcivm.virtio.split_read import (
     FRONT_SHARE_MAX,
     FRONT_SHARE_MIN,
+    PROBE_RUN_EVERY,
     RUN,
     SPLIT_READ_MIN,
     BackParts,
@@ -988,6 +989,30 @@ def test_split_policy_tries_each_way_then_keeps_the_faster_and_probes_the_other(
     # The cut is at a page of the file, whatever the read's offset.
     assert (512 + SplitPolicy(enabled=True).cut_at(MiB, 512)) % 4096 == 0
     assert SplitPolicy(enabled=False).cut_at(MiB, 0) is None
+
+
+def test_a_probe_run_is_judged_on_its_own_times_not_older_runs():
+    policy = SplitPolicy(enabled=True)
+
+    def read(cut_seconds: float, whole_seconds: float = 0.004) -> bool:
+        at = policy.cut_at(MiB, 0)
+        policy.record(at is not None, cut_seconds if at else whole_seconds, MiB)
+        return at is not None
+
+    for _ in range(2 * RUN):  # a run of each way: cut reads are the faster
+        read(0.002)
+    # A stretch in which cut reads are slow (the machine busy): whole from the next run.
+    assert all(read(0.008) for _ in range(RUN))
+    assert not read(0.002)
+    # Whole reads until the probe run of cut ones, which are fast again ...
+    for _ in range(PROBE_RUN_EVERY * RUN):
+        if read(0.002):
+            break
+    else:
+        raise AssertionError("no probe run of cut reads")
+    assert all(read(0.002) for _ in range(RUN - 1))
+    # ... and cut reads are back at once: the slow run before is not held against them.
+    assert all(read(0.002) for _ in range(RUN))
 
 
 def test_the_first_read_of_a_run_is_not_timed():

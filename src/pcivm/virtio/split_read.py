@@ -13,9 +13,9 @@ faster cut; on a host whose round trip (~80 us) is close to its 1 MiB copy (~100
 us), cut reads gain little or nothing (bench/split_read.py, docs/performance.md).
 
 So nothing is assumed: `SplitPolicy` does large reads in short runs of one way, times
-them, keeps the last few times per byte of cut reads and of whole ones, and after a run
-of each chooses the way whose median is lower, with one run in `PROBE_RUN_EVERY` of the
-other (the host's load moves). Runs, because a worker that has idled starts slower than
+them, keeps the times per byte of the last run of cut reads and of whole ones, and after
+a run of each chooses the way whose median is lower, with one run in `PROBE_RUN_EVERY` of
+the other (the host's load moves). Runs, because a worker that has idled starts slower than
 one in use (timed one at a time among whole reads, cut reads looked slower in the box
 than they are in a row); medians, because single reads in the box can take several
 times the usual (an interrupt lands mid-copy). It also places the cut: the front's share
@@ -49,8 +49,11 @@ SHARE_STEP = 1 / 64
 # of the way currently measured slower, to see if it still is.
 RUN = 4
 PROBE_RUN_EVERY = 16
-# Times kept per way (about two runs' worth).
-WINDOW = 2 * (RUN - 1)
+# Times kept per way: its last run's. The way in use is compared with the other as the
+# other last ran (its probe run): samples from older runs of a way, taken while the box
+# was slower or faster, would outvote its fresh ones (in the box, after a stretch of
+# slow reads, three such kept the faster way off for 64 reads at a time).
+WINDOW = RUN - 1
 
 
 class SplitPolicy:
