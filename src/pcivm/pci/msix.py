@@ -211,6 +211,8 @@ class MsixCapability:
         mask): the pending bit is set and the message leaves when unmasked. MSI-X
         disabled: nothing happens (6.8.2.3: the function may not use MSI-X then; the
         device raises INTx instead). A vector the table does not have is ignored."""
+        if self.send_now(vector):
+            return True
         with self._lock:
             if not 0 <= vector < self.vectors or not self.enabled:
                 return False
@@ -218,6 +220,25 @@ class MsixCapability:
                 self._pending |= 1 << vector
                 return False
             return self._send(vector)
+
+    def send_now(self, vector: int) -> bool:
+        """Signal `vector` if it may send now (MSI-X enabled, neither it nor the function
+        masked), as its state was last recorded; False, having done nothing, otherwise.
+
+        Without the lock: this is a device's every interrupt, and the lock and the config
+        and table reads behind `enabled` and `message` cost ~4 us natively, ~0.35 ms in
+        the nested box, between a virtio-blk read's end and the guest hearing of it.
+        `_update` records every change the guest makes before acting on it, so a message
+        sent here on the state just replaced is one sent just before the guest's write,
+        which the guest cannot tell apart; a masked vector takes `notify`'s locked path,
+        which sets its pending bit."""
+        if not 0 <= vector < self.vectors or self.sink is None:
+            return False
+        address, data, masked = self._state[vector]
+        if masked:
+            return False
+        self.sink.signal_msi(address, data)
+        return True
 
     def clear_pending(self, vector: int) -> None:
         """The event behind a pending vector went away (6.8.2.10 lets the function clear

@@ -240,6 +240,8 @@ class VirtioPciFunction(PciFunction):
         self._signal(VIRTIO_PCI_ISR_CONFIG, self.config_vector)
 
     def _signal(self, isr_bit: int, vector: int) -> None:
+        if vector != VIRTIO_MSI_NO_VECTOR and self.msix.send_now(vector):
+            return  # the usual case, without a lock
         if self.msix.enabled:
             if vector != VIRTIO_MSI_NO_VECTOR:
                 self.msix.notify(vector)
