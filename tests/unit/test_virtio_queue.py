@@ -16,6 +16,8 @@ from pcivm.virtio.constants import (
     VIRTQ_USED_F_NO_NOTIFY,
 )
 from pcivm.virtio.queue import (
+    RECENT_TABLE_BYTES,
+    RECENT_TABLES,
     SplitQueue,
     VirtqueueError,
     legacy_layout,
@@ -408,6 +410,24 @@ def _linear_tables(draw):
     return entries
 
 
+def _put_table(memory, entries, table=0x20000):
+    for i, (addr, length, flags, link) in enumerate(entries):
+        more = N if i + 1 < len(entries) else 0
+        put_desc(memory, i, addr, length, flags | more, i + 1 if link is None else link, table)
+    put_desc(memory, 0, table, 16 * len(entries), IND)
+
+
+def _resolved(q, memory):
+    try:
+        chain = q._walk(0)
+    except VirtqueueError as exc:
+        return str(exc)
+    views = [bytes(v) == bytes(memory.read(a, n)) for v, (a, n) in zip(
+        chain.readable_views() + chain.writable_views(), chain.readable + chain.writable,
+        strict=True)]  # fmt: skip
+    return chain.readable, chain.writable, chain.readable_len, chain.writable_len, views
+
+
 @settings(max_examples=300)
 @given(entries=_linear_tables())
 def test_an_indirect_table_in_bulk_resolves_as_the_walk_does(entries):
@@ -415,25 +435,64 @@ def test_an_indirect_table_in_bulk_resolves_as_the_walk_does(entries):
     # descriptor walk takes, and refuse (through the walk) exactly what it refuses.
     memory = GuestMemory(BULK_LOW_END + 4 * MiB, lowmem_limit=BULK_LOW_END)  # 4 MiB above 4 GiB
     q, drv = make(memory, indirect=True)
-    table = 0x20000
-    for i, (addr, length, flags, link) in enumerate(entries):
-        more = N if i + 1 < len(entries) else 0
-        put_desc(memory, i, addr, length, flags | more, i + 1 if link is None else link, table)
-    put_desc(memory, 0, table, 16 * len(entries), IND)
-
-    def resolve():
-        try:
-            chain = q._walk(0)
-        except VirtqueueError as exc:
-            return str(exc)
-        views = [bytes(v) == bytes(memory.read(a, n)) for v, (a, n) in zip(
-            chain.readable_views() + chain.writable_views(), chain.readable + chain.writable,
-            strict=True)]  # fmt: skip
-        return chain.readable, chain.writable, chain.readable_len, chain.writable_len, views
-
-    bulk = resolve()
+    _put_table(memory, entries)
+    bulk = _resolved(q, memory)
     q._take_linear_table = lambda *_: None  # the walk alone
-    assert bulk == resolve()
+    assert bulk == _resolved(q, memory)
+
+
+@settings(max_examples=200)
+@given(base=_linear_tables(), data=st.data())
+def test_tables_seen_before_resolve_as_a_fresh_queue_resolves_them(base, data):
+    # A queue keeps the tables it took in bulk (`_RecentTables`): one seen before is taken
+    # again as it was, and one with the same ends and another middle, or any entry
+    # changed, must be judged afresh (an entry moved outside RAM refused again).
+    memory = GuestMemory(BULK_LOW_END + 4 * MiB, lowmem_limit=BULK_LOW_END)
+    shared, _ = make(memory, indirect=True)
+    variants = [base]
+    for _ in range(data.draw(st.integers(1, 3))):
+        entries = [list(entry) for entry in base]
+        i = data.draw(st.integers(0, len(entries) - 1))
+        entries[i][0] = data.draw(st.sampled_from([0x200000, 2**64 - 16, BULK_LOW_END - 8]))
+        variants.append(entries)
+    order = data.draw(st.lists(st.integers(0, len(variants) - 1), min_size=2, max_size=12))
+    for k in order:
+        fresh, _ = make(memory, indirect=True)  # (its driver side clears the ring first)
+        _put_table(memory, variants[k])
+        assert _resolved(shared, memory) == _resolved(fresh, memory)
+
+
+def test_a_table_seen_before_is_taken_without_checking_it_again(memory, monkeypatch):
+    q, _ = make(memory, indirect=True)
+    entries = [[0x30000, 16, R, None], *([0x100000 + 0x1000 * i, 4096, W, None] for i in range(64))]
+    entries.append([0x40000, 1, W, None])
+    _put_table(memory, entries)
+    first = _resolved(q, memory)
+    assert first[3] == 64 * 4096 + 1
+
+    def checked(records):
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(memory, "iovec_of_table", checked)
+    assert _resolved(q, memory) == first  # the same bytes: taken as before
+    entries[5][0] = 0x3FF000  # the same ends, another middle: checked
+    _put_table(memory, entries)
+    with pytest.raises(AssertionError, match="checked again"):
+        q._walk(0)
+
+
+def test_the_tables_kept_are_bounded_in_number_and_bytes(memory):
+    q, _ = make(memory, indirect=True)
+    for n in range(RECENT_TABLES + 8):  # many small tables, each with other ends
+        _put_table(memory, [[0x100000 + 16 * n, 16, R, None]] * 12 + [[0x40000, 1, W, None]])
+        q._walk(0)
+    assert len(q._recent_tables._by_key) == RECENT_TABLES
+    big = 100  # entries of a large table
+    for n in range(RECENT_TABLE_BYTES // (16 * big) + 8):
+        _put_table(memory, [[0x100000 + 16 * n, 16, R, None]] * (big - 1) + [[0x40000, 1, W, None]])
+        q._walk(0)
+    assert q._recent_tables._bytes <= RECENT_TABLE_BYTES
+    assert q._recent_tables._bytes == sum(len(t) for t, _ in q._recent_tables._by_key.values())
 
 
 def test_a_linux_shaped_table_is_taken_in_bulk(memory):
