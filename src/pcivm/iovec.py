@@ -46,6 +46,10 @@ IOV_MAX = os.sysconf("SC_IOV_MAX")
 # the ctypes call (measured natively: one 4 KiB range 0.9 us against 1.9-2.5 us); from
 # there on the array wins (256 ranges: 56 us of views against 5 us).
 FEW_RANGES = 8
+# A page's length, once per range of the longest array one call takes: compared with an
+# array's lengths in one C loop (`IoVec.split`).
+PAGE = 4096
+_PAGE_LENGTHS = memoryview(array("Q", [PAGE]) * IOV_MAX)
 # struct iovec { void *iov_base; size_t iov_len; } on a 64-bit host.
 _RANGE = struct.Struct("<QQ")
 RANGE_BYTES = _RANGE.size
@@ -56,7 +60,16 @@ class IoVec:
     os.preadv takes) or as a `struct iovec` array of host addresses (many, what
     preadv2 takes)."""
 
-    __slots__ = ("nbytes", "count", "_views", "_lengths", "_vector", "_ram", "_origin")
+    __slots__ = (
+        "nbytes",
+        "count",
+        "_views",
+        "_lengths",
+        "_vector",
+        "_ram",
+        "_origin",
+        "_last_trim",
+    )
 
     def __init__(self, lengths: list[int], nbytes: int, views: list[memoryview]):
         # Views are safe by construction (each reaches only what it views). `nbytes` is
@@ -69,6 +82,7 @@ class IoVec:
         self._vector: bytes | None = None
         self._ram: memoryview | None = None
         self._origin = 0
+        self._last_trim: tuple[int, int, IoVec] | None = None
 
     @classmethod
     def of_vector(cls, vector: bytes, nbytes: int, ram: memoryview, origin: int) -> IoVec:
@@ -81,6 +95,7 @@ class IoVec:
         iov.count = len(vector) // RANGE_BYTES
         iov._views = iov._lengths = None
         iov._vector, iov._ram, iov._origin = vector, ram, origin
+        iov._last_trim = None
         return iov
 
     @classmethod
@@ -141,6 +156,18 @@ class IoVec:
             return self
         if skip >= end:
             return IoVec([], 0, [])
+        # The part asked for last, kept: a queue hands out the same IoVec for a table it
+        # has seen before (queue._RecentTables), and virtio-blk asks each time for its
+        # data, all but the status byte.
+        last = self._last_trim
+        if last is not None and last[0] == skip and last[1] == end:
+            return last[2]
+        part = self._trimmed(skip, end)
+        self._last_trim = (skip, end, part)
+        return part
+
+    def _trimmed(self, skip: int, end: int) -> IoVec:
+        total = self.nbytes
         if self._views is None:
             words = memoryview(self._vector).cast("Q")
             lengths = words[1::2]  # a strided view: nothing is copied
@@ -185,9 +212,11 @@ class IoVec:
             return self.trimmed(0, at), self.trimmed(at)
         words = memoryview(self._vector).cast("Q")
         # A read of whole pages (Linux's ranges) cut at a page: the ranges before the cut
-        # and after it, as they are (a cut read pays this on its critical path).
-        k = at >> 12
-        if at & 0xFFF == 0 and k < self.count and sum(words[1 : 2 * k : 2]) == at:
+        # and after it, as they are (a cut read pays this on its critical path; the
+        # lengths compared as one memoryview, not summed as Python ints: 0.5 against
+        # 2.2 us natively for 128 pages).
+        k, inside_page = divmod(at, PAGE)
+        if not inside_page and k < self.count and words[1 : 2 * k : 2] == _PAGE_LENGTHS[:k]:
             at_k = RANGE_BYTES * k
             return (
                 IoVec.of_vector(self._vector[:at_k], at, self._ram, self._origin),

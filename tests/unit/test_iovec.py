@@ -65,6 +65,23 @@ def test_parts_cut_ranges_from_both_ends(memory):
         assert iov.bases[:3] == [memory.host_addr + a for a in (0x1000, 0x2000, 0x3000)]
 
 
+def test_a_part_asked_for_again_is_the_part_made_before(memory):
+    pages = [0x10000 + 0x2000 * i for i in range(12)]
+    for iov in (
+        memory.iovec([0x1000, 0x2000, 0x3000], [16, 32, 8]),  # views
+        memory.iovec(pages, [4096] * 11 + [1]),  # addresses: a blk read's data and status
+    ):
+        data = iov.trimmed(0, iov.nbytes - 1)
+        assert iov.trimmed(0, iov.nbytes - 1) is data
+        other = iov.trimmed(3, 20)
+        assert (other.nbytes, sum(other.lengths)) == (20, 20)
+        again = iov.trimmed(0, iov.nbytes - 1)  # the other part in between: made anew
+        assert list(zip(again.bases, again.lengths, strict=True)) == list(
+            zip(data.bases, data.lengths, strict=True)
+        )
+        assert again.nbytes == iov.nbytes - 1
+
+
 def test_split_cuts_at_any_byte_and_the_parts_hold_the_same_ranges(memory):
     def merged(iovs):
         out = []
