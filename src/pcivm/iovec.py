@@ -156,19 +156,14 @@ class IoVec:
             return self
         if skip >= end:
             return IoVec([], 0, [])
-        # The part asked for last, kept: a queue hands out the same IoVec for a table it
-        # has seen before (queue._RecentTables), and virtio-blk asks each time for its
-        # data, all but the status byte.
-        last = self._last_trim
-        if last is not None and last[0] == skip and last[1] == end:
-            return last[2]
-        part = self._trimmed(skip, end)
-        self._last_trim = (skip, end, part)
-        return part
-
-    def _trimmed(self, skip: int, end: int) -> IoVec:
-        total = self.nbytes
+        asked = skip
         if self._views is None:
+            # The part asked for last is kept: a queue hands out the same IoVec for a
+            # table it has seen before (queue._RecentTables), and virtio-blk asks each
+            # time for its data, all but the status byte. (A few views cost less made.)
+            kept = self._last_trim
+            if kept is not None and kept[0] == skip and kept[1] == end:
+                return kept[2]
             words = memoryview(self._vector).cast("Q")
             lengths = words[1::2]  # a strided view: nothing is copied
         else:
@@ -191,7 +186,9 @@ class IoVec:
                 part[0] += skip
                 part[1] -= skip
                 vector = array("Q", part).tobytes()
-            return IoVec.of_vector(vector, nbytes, self._ram, self._origin)
+            made = IoVec.of_vector(vector, nbytes, self._ram, self._origin)
+            self._last_trim = (asked, end, made)
+            return made
         lengths = lengths[first:last]
         views = self._views[first:last]
         if cut:
