@@ -27,7 +27,7 @@ _libc.syscall.restype = ctypes.c_long
 # io_uring_enter through a syscall(2) of its own, its argument types declared: ctypes
 # then passes the ints as they are (0.4 us less a call natively than wrapping each in a
 # c_long), and a cut read makes one or two of these calls on its critical path.
-_io_uring_enter = ctypes.CDLL(None, use_errno=True).syscall
+_io_uring_enter = _libc["syscall"]  # a function object apart from `_libc.syscall`
 _io_uring_enter.restype = ctypes.c_long
 _io_uring_enter.argtypes = (ctypes.c_long,) * 5 + (ctypes.c_void_p, ctypes.c_long)
 
