@@ -33,18 +33,9 @@ near the region's end, in high RAM, empty) still gets the lanes' exact judgement
 
 from __future__ import annotations
 
-import struct
 from zlib import adler32
 
 RECORD = 16
-# From this many records on, a table's middle translation is kept for the next tables
-# (`RangeChecker.translate`); this many middles (a guest's 1 MiB buffer that its block
-# layer cuts into two requests has two).
-MEMO_MIN_RECORDS = 16
-KEPT_MIDDLES = 4
-_ADDRESS_LENGTH = struct.Struct("<QI")  # a record's address and length
-_IOVEC = struct.Struct("<QQ")
-_HOST_ADDRESS = struct.Struct("<Q")  # a `struct iovec`'s base
 # A guard bit above every value a lane holds (addresses below 2**64, an address plus a
 # length below 2**65), below the lane's top.
 GUARD_BIT = 100
@@ -78,9 +69,6 @@ class RangeChecker:
         self._regions = tuple(regions)
         self._lanes_by_count: dict[int, _Lanes] = {}
         self._columns = next(filter(None, map(_Columns.of_region, self._regions)), None)
-        # The middles of the last large tables translated, and their translations, the
-        # latest first.
-        self._kept: tuple[tuple[bytes, tuple[bytes, int]], ...] = ()
 
     def _lanes(self, count: int) -> _Lanes:
         lanes = self._lanes_by_count.get(count)
@@ -95,44 +83,6 @@ class RangeChecker:
         Every range must be inside the same region, and none may be empty; otherwise
         None (the caller then looks at the ranges one by one, and can say which is
         wrong)."""
-        if len(records) < MEMO_MIN_RECORDS * RECORD or len(records) % RECORD:
-            return self._translate(records)
-        # A guest that reads into one buffer over and over (dd, fio, a database's pool)
-        # sends the same ranges every time, between a request header and a status byte
-        # that move: the middle's translation is kept, and a table whose middle has the
-        # same bytes (its check would pass again, and give the same array: RAM does not
-        # move) costs the two ends' translation and a comparison or a few.
-        records = bytes(records)  # one copy: the guest may be changing its table
-        first = self._translate_one(records, 0)
-        last = self._translate_one(records, len(records) - RECORD)
-        if first is None or last is None or first[2] is not last[2]:
-            return None
-        middle = records[RECORD:-RECORD]
-        kept = self._kept  # read once: other threads may replace it meanwhile
-        inner = next((done for seen, done in kept if seen == middle), None)
-        if inner is None:
-            inner = self._translate(middle)
-            if inner is None:
-                return None
-            self._kept = ((middle, inner), *kept[: KEPT_MIDDLES - 1])
-        # The middle is in one region (`_translate`): the ends' if it holds one of them.
-        region_first, region_end, delta = first[2]
-        if not region_first + delta <= _HOST_ADDRESS.unpack_from(inner[0])[0] < region_end + delta:
-            return None
-        return first[0] + inner[0] + last[0], first[1] + inner[1] + last[1]
-
-    def _translate_one(self, records: bytes, at: int) -> tuple[bytes, int, tuple] | None:
-        """The record at `at` as one `struct iovec`, its length, and its region."""
-        address, length = _ADDRESS_LENGTH.unpack_from(records, at)
-        if length:
-            end = address + length
-            for region in self._regions:
-                if region[0] <= address and end <= region[1]:
-                    return _IOVEC.pack(address + region[2], length), length, region
-        return None
-
-    def _translate(self, records) -> tuple[bytes, int] | None:
-        """`translate` of a table whose ranges must all be in one region."""
         count = len(records) // RECORD
         if not count or len(records) % RECORD:
             return None

@@ -72,7 +72,7 @@ def test_eight_disks_intx_readonly_and_rebind(image, runner, tmp_path):
 
 
 # Three passes over the disk in 1 MiB O_DIRECT reads (dd's one buffer: indirect tables of
-# ~256 pages with the same middle every time), each summed.
+# ~256 pages that repeat with the request's tag), each summed.
 LARGE_READS_MIB = 8
 LARGE_READS = (
     "for pass in 1 2 3; do "
@@ -84,8 +84,8 @@ LARGE_READS = (
 def test_large_reads_from_ram_arrive_whole(image, box, runner, tmp_path):
     # The image in the box's tmpfs, as bench/blk.py has it: every read is done at once on
     # the kick thread, the first runs of large ones cut in two between it and an io_uring
-    # worker (split_read.py tries cut reads first), their tables' middles kept from the
-    # second read on (range_table.py). Every 4 KiB page is stamped with its number.
+    # worker (split_read.py tries cut reads first), tables seen before taken as they were
+    # (queue.py's _RecentTables). Every 4 KiB page is stamped with its number.
     pages = (LARGE_READS_MIB << 20) // 4096
     data = b"".join(struct.pack("<Q", page) * 512 for page in range(pages))
     source = tmp_path / "stamped.img"

@@ -146,7 +146,7 @@ def test_guest_memory_gives_views_for_a_few_ranges_and_an_array_for_many():
         memory.close()
 
 
-# One checker for every example: what it keeps of one table must never decide another.
+# One checker for every example: nothing of one table may decide another.
 SHARED = {regions: RangeChecker(regions) for regions in (REGIONS, LANES_ONLY)}
 
 
@@ -166,30 +166,3 @@ def test_tables_sharing_a_middle_are_each_judged_as_range_by_range(regions, midd
         table = [heads[0], *middle, tails[-1]]
         raw = b"".join(struct.pack("<QII", *record) for record in table)
         assert checker.translate(raw) == one_by_one(table, regions)
-
-
-def test_a_kept_middle_is_used_again_only_for_the_same_bytes():
-    checker = RangeChecker(REGIONS)
-    pages = [(0x10000 + 0x2000 * i, 4096, 3) for i in range(256)]
-
-    def table(header: int, status: int, data=pages):
-        records = [(header, 16, 1), *data, (status, 1, 2)]
-        return b"".join(struct.pack("<QII", *record) for record in records)
-
-    first = checker.translate(table(0x1000, 0x1010))
-    kept = checker._kept
-    again = checker.translate(table(0x3000, 0x3010))  # moved ends, same middle
-    assert checker._kept is kept and len(kept) == 1
-    assert again[1] == first[1] and again[0][16:-16] == first[0][16:-16]
-    assert again[0][:16] != first[0][:16]
-    assert checker.translate(table(LOW_END, 0x1010)) is None  # a header outside RAM
-    assert checker.translate(table(FOUR_GIB, FOUR_GIB + 0x10)) is None  # ends in high RAM
-    moved = pages[:100] + [(0x9000, 4096, 3)] + pages[101:]
-    assert checker.translate(table(0x1000, 0x1010, moved)) == one_by_one(
-        [(0x1000, 16, 1), *moved, (0x1010, 1, 2)]
-    )
-    assert len(checker._kept) == 2  # both kept: a buffer read in two requests takes turns
-    assert checker.translate(table(0x1000, 0x1010)) == first and len(checker._kept) == 2
-    for page in range(8):  # the oldest go
-        checker.translate(table(0x1000, 0x1010, pages[:50] + [(page << 12, 1, 3)] + pages[51:]))
-    assert len(checker._kept) == 4 and checker.translate(table(0x1000, 0x1010)) == first
