@@ -148,7 +148,8 @@ def _last_before(times: list[float], when: float) -> float | None:
 
 
 def summary(per_request: dict[str, list[float]]) -> dict[str, float]:
-    """Medians in microseconds, the requests counted, and the median period."""
+    """Each phase's median in microseconds, the requests counted, and the period as the
+    sum of the phases' medians (what the table's last row shows)."""
     count = len(per_request["wake"])
     out = {"requests": float(count)}
     for phase, values in per_request.items():
