@@ -261,20 +261,17 @@ class IoVec:
         views = self._views
         if views is None:
             if self.count > FEW_RANGES:
-                return self._call(with_vector, fd, offset, flags)
+                count = min(self.count, IOV_MAX)
+                while True:
+                    # The bytes object is passed as the address of its contents; ctypes
+                    # releases the GIL for the call, as os.preadv does.
+                    done = with_vector(fd, self._vector, count, offset, flags)
+                    if done >= 0:
+                        return done
+                    error = ctypes.get_errno()
+                    if error != errno.EINTR:
+                        raise OSError(error, os.strerror(error))
             views = self.views()
         elif len(views) > IOV_MAX:
             views = views[:IOV_MAX]
         return with_views(fd, views, offset, flags)
-
-    def _call(self, call, fd: int, offset: int, flags: int) -> int:
-        count = min(self.count, IOV_MAX)
-        while True:
-            # The bytes object is passed as the address of its contents; ctypes releases
-            # the GIL for the call, as os.preadv does.
-            done = call(fd, self._vector, count, offset, flags)
-            if done >= 0:
-                return done
-            error = ctypes.get_errno()
-            if error != errno.EINTR:
-                raise OSError(error, os.strerror(error))

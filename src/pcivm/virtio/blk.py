@@ -562,7 +562,7 @@ class VirtioBlk(VirtioDevice):
         with self.lock:
             self._kept = kept if on_kick_thread else None
             try:
-                super().process_queue(index)
+                self._process_queue_locked(index)
             finally:
                 self._kept = None
         # The first request of the batch, kept back by _start: done here, on the thread
@@ -571,7 +571,7 @@ class VirtioBlk(VirtioDevice):
             self._run(request)
 
     def handle_queue(self, queue: SplitQueue) -> None:
-        self.drain(queue, lambda chain: self._start(queue, chain))
+        self.drain(queue, self._start)
 
     def _start(self, queue: SplitQueue, chain: DescriptorChain) -> None:
         if chain.readable_len < _HEADER.size or chain.writable_len < 1:

@@ -291,13 +291,16 @@ class VirtioDevice:
         """Handle what is available on queue `index`. Callable from any thread; never
         raises for anything the guest did. `on_kick_thread`: as for `notify`."""
         with self.lock:
-            queue = self.queues[index]
-            if not self.driver_ok or not queue.active:
-                return
-            try:
-                self.handle_queue(queue)
-            except (VirtqueueError, GuestMemoryError) as error:
-                self.device_error(str(error), index)
+            self._process_queue_locked(index)
+
+    def _process_queue_locked(self, index: int) -> None:
+        queue = self.queues[index]
+        if not self.driver_ok or not queue.active:
+            return
+        try:
+            self.handle_queue(queue)
+        except (VirtqueueError, GuestMemoryError) as error:
+            self.device_error(str(error), index)
 
     def handle_queue(self, queue: SplitQueue) -> None:
         """Device-specific: pop chains, do the work, `complete` them."""
@@ -311,12 +314,12 @@ class VirtioDevice:
                 self.interrupts.signal_used(queue.index)
 
     def drain(self, queue: SplitQueue, work) -> None:
-        """Pop and hand every available chain to `work`, with kicks suppressed while we
-        are busy and a re-check after turning them back on (2.7.10)."""
+        """Pop and hand every available chain to `work(queue, chain)`, with kicks
+        suppressed while we are busy and a re-check after turning them back on (2.7.10)."""
         while True:
             queue.set_notification(False)
             while (chain := queue.pop()) is not None:
-                work(chain)
+                work(queue, chain)
                 if not queue.active or self.broken:
                     return
             queue.set_notification(True)

@@ -247,12 +247,11 @@ class SplitQueue:
     def reset(self) -> None:
         self.size = self.max_size
         self.desc_addr = self.avail_addr = self.used_addr = 0
-        self.ready = False
+        self._ready = self._stopped = False
+        self.active = False
         # Set by the device from the negotiated features when the driver is done.
         self.event_idx = False
         self.indirect = False
-        # Stopped after a guest error on the legacy interface: no processing until reset.
-        self.stopped = False
         self.last_avail_idx = 0
         self.used_idx = 0
         self._signalled_used = 0
@@ -323,35 +322,60 @@ class SplitQueue:
         self._used_elems = views[2][: 4 + VIRTQ_USED_ELEM_SIZE * size].cast("I")
         self.ready = True
 
+    # `active` (ready and not stopped) is read on every kick: a plain attribute, set
+    # whenever either of the two changes.
+
     @property
-    def active(self) -> bool:
-        return self.ready and not self.stopped
+    def ready(self) -> bool:
+        """Enabled by the driver, the rings checked (`enable`)."""
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+        self.active = value and not self._stopped
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped after a guest error on the legacy interface: no processing until reset."""
+        return self._stopped
+
+    @stopped.setter
+    def stopped(self, value: bool) -> None:
+        self._stopped = value
+        self.active = self._ready and not value
 
     # --- the available side ----------------------------------------------------------------
-
-    def _avail_idx(self) -> int:
-        return self._avail[1]
 
     def pending(self) -> int:
         """How many chains the driver has made available and we have not popped."""
         if not self.active:
             return 0
-        ahead = (self._avail_idx() - self.last_avail_idx) & 0xFFFF
+        ahead = (self._avail[1] - self.last_avail_idx) & 0xFFFF
         if ahead > self.size:
-            raise VirtqueueError(
-                f"queue {self.index}: available index moved {ahead} entries ahead of "
-                f"{self.last_avail_idx} (queue size {self.size})"
-            )
+            raise self._runaway(ahead)
         return ahead
+
+    def _runaway(self, ahead: int) -> VirtqueueError:
+        return VirtqueueError(
+            f"queue {self.index}: available index moved {ahead} entries ahead of "
+            f"{self.last_avail_idx} (queue size {self.size})"
+        )
 
     def pop(self) -> DescriptorChain | None:
         """The next available chain, validated, or None when there is none."""
-        if not self.pending():
+        # `pending`, written out: this runs on every kick, and once more to find none.
+        if not self.active:
             return None
+        last = self.last_avail_idx
+        ahead = (self._avail[1] - last) & 0xFFFF
+        if not ahead:
+            return None
+        if ahead > self.size:
+            raise self._runaway(ahead)
         # The ring entry is read after the index (see the module docstring).
-        head = self._avail[2 + self.last_avail_idx % self.size]
-        chain = self._walk(head)
-        self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
+        chain = self._walk(self._avail[2 + last % self.size])
+        self.last_avail_idx = (last + 1) & 0xFFFF
         if self.event_idx and self._notify_enabled:
             self._write_avail_event()
         return chain
@@ -359,6 +383,18 @@ class SplitQueue:
     def _walk(self, head: int) -> DescriptorChain:
         if head >= self.size:
             raise self._chain_error(head, f"head index out of range (queue size {self.size})")
+        table, table_len, index, in_indirect = self._desc_view, self.size, head, False
+        addr, length, flags, _ = _DESC.unpack_from(table, VIRTQ_DESC_SIZE * head)
+        if flags & VIRTQ_DESC_F_INDIRECT:
+            # A chain that is one indirect table (what Linux sends for all but its
+            # smallest requests): a table of the usual shape is taken in bulk before the
+            # walk sets anything up.
+            table = self._indirect_table(head, addr, length, flags, nested=False)
+            if length >= BULK_TABLE_MIN * VIRTQ_DESC_SIZE:
+                chain = self._take_linear_table(head, table)
+                if chain is not None:
+                    return chain
+            table_len, index, in_indirect = length // VIRTQ_DESC_SIZE, 0, True
         addrs: list[int] = []
         # The buffers' views (each made, and so checked, as the walk reaches it) and
         # lengths, the device-readable and the device-writable ones apart.
@@ -367,9 +403,7 @@ class SplitQueue:
         rlengths: list[int] = []
         wlengths: list[int] = []
         unpack = _DESC.unpack_from
-        table, table_len = self._desc_view, self.size
-        index, count, total, written = head, 0, 0, 0
-        in_indirect = False
+        count, total, written = 0, 0, 0
         while True:
             if index >= table_len:
                 raise self._chain_error(head, f"next index {index} out of range ({table_len})")
@@ -379,23 +413,8 @@ class SplitQueue:
                 raise self._chain_error(head, f"longer than its table ({table_len} entries)")
             addr, length, flags, nxt = unpack(table, VIRTQ_DESC_SIZE * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
-                # 2.7.5.3.1: negotiated, not nested, not combined with NEXT.
-                if not self.indirect:
-                    raise self._chain_error(head, "indirect descriptor not negotiated")
-                if in_indirect:
-                    raise self._chain_error(head, "nested indirect descriptor")
-                if flags & VIRTQ_DESC_F_NEXT:
-                    raise self._chain_error(head, "indirect descriptor with NEXT")
-                if length == 0 or length % VIRTQ_DESC_SIZE:
-                    raise self._chain_error(head, f"indirect table length {length:#x}")
-                if length // VIRTQ_DESC_SIZE > MAX_INDIRECT_ENTRIES:
-                    raise self._chain_error(head, f"indirect table of {length:#x} bytes")
                 # 2.7.5.3.2: the chain may be direct descriptors then one indirect table.
-                table = self._buffer(head, addr, length)
-                if count == 1 and length >= BULK_TABLE_MIN * VIRTQ_DESC_SIZE:
-                    chain = self._take_linear_table(head, table)
-                    if chain is not None:
-                        return chain
+                table = self._indirect_table(head, addr, length, flags, nested=in_indirect)
                 table_len = length // VIRTQ_DESC_SIZE
                 index, count, in_indirect = 0, 0, True
                 continue
@@ -423,6 +442,23 @@ class SplitQueue:
                     IoVec(wlengths, written, wviews),
                 )
             index = nxt
+
+    def _indirect_table(
+        self, head: int, addr: int, length: int, flags: int, nested: bool
+    ) -> memoryview:
+        """The table an indirect descriptor names, once the rules allow it (2.7.5.3.1:
+        negotiated, not nested, not combined with NEXT, whole descriptors)."""
+        if not self.indirect:
+            raise self._chain_error(head, "indirect descriptor not negotiated")
+        if nested:
+            raise self._chain_error(head, "nested indirect descriptor")
+        if flags & VIRTQ_DESC_F_NEXT:
+            raise self._chain_error(head, "indirect descriptor with NEXT")
+        if length == 0 or length % VIRTQ_DESC_SIZE:
+            raise self._chain_error(head, f"indirect table length {length:#x}")
+        if length // VIRTQ_DESC_SIZE > MAX_INDIRECT_ENTRIES:
+            raise self._chain_error(head, f"indirect table of {length:#x} bytes")
+        return self._buffer(head, addr, length)
 
     def _take_linear_table(self, head: int, table: memoryview) -> DescriptorChain | None:
         """An indirect table as Linux writes it, checked in bulk: entry i links to i + 1,

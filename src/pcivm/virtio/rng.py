@@ -48,7 +48,7 @@ class VirtioRng(VirtioDevice):
         self.bytes_served = 0
 
     def handle_queue(self, queue: SplitQueue) -> None:
-        self.drain(queue, lambda chain: self._serve(queue, chain))
+        self.drain(queue, self._serve)
 
     def _serve(self, queue: SplitQueue, chain: DescriptorChain) -> None:
         want = chain.writable_len
@@ -72,7 +72,7 @@ class VirtioRng(VirtioDevice):
             super().drain(queue, work)
             return
         while self._quota > 0 and (chain := queue.pop()) is not None:
-            work(chain)
+            work(queue, chain)
             if not queue.active or self.broken:
                 return
 
