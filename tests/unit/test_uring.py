@@ -4,6 +4,8 @@ import ctypes
 import errno
 import os
 import struct
+import threading
+import time
 
 import pytest
 
@@ -103,3 +105,28 @@ def test_close_unmaps_and_closes(data_file):
         os.fstat(fd)
     assert ring._maps == []
     ring.close()  # twice is harmless
+
+
+def test_a_spinning_wait_sees_the_end_of_a_read_or_gives_up_and_sleeps(ring, data_file):
+    fd, content = data_file
+    arena, vector = scattered(4)
+    ring.start_readv(fd, vector, 4, 0, 0, keep=arena)
+    started = time.monotonic()
+    assert ring.wait(spin=60.0) == 4 * 4096  # the spin ends with the read, not its budget
+    assert time.monotonic() - started < 30
+    assert arena.raw[:4096] == content[:4096]
+    # A read that waits for a writer: the spin runs out, the wait sleeps until the data.
+    readable, writable = os.pipe()
+    try:
+        ring.start_readv(readable, vector, 1, 0, 0, keep=arena)
+        writer = threading.Timer(0.3, os.write, (writable, b"late"))
+        writer.start()
+        started, cpu = time.monotonic(), time.thread_time()
+        assert ring.wait(spin=0.05) == 4
+        assert time.monotonic() - started >= 0.25
+        assert time.thread_time() - cpu < 0.2  # asleep, not spinning, for the rest
+        assert arena.raw[:4] == b"late"
+        writer.join()
+    finally:
+        os.close(readable)
+        os.close(writable)

@@ -7,6 +7,7 @@ import fcntl
 import os
 import struct
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -873,6 +874,28 @@ def test_a_large_read_done_at_once_is_cut_with_a_kernel_worker(image, monkeypatc
     assert (len(fronts), len(backs)) == (1, 0)
     backend.close()
     assert backend._back_parts._ring is None  # unmapped and closed
+
+
+def test_a_back_part_is_looked_for_as_long_as_it_has_run_then_slept_on(image, monkeypatch):
+    spins, real_wait = [], ReadRing.wait
+
+    def recording(ring, spin=0.0):
+        spins.append(spin)
+        return real_wait(ring, spin)
+
+    monkeypatch.setattr(ReadRing, "wait", recording)
+    parts = BackParts()
+    buffer = bytearray(8192)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        assert parts.start(fd, IoVec.over([memoryview(buffer)]), 0, 0)
+        time.sleep(0.05)  # the front part's copy
+        assert parts.wait() == 8192
+    finally:
+        os.close(fd)
+        parts.close()
+    [spin] = spins
+    assert 0.05 <= spin < 5
 
 
 def test_a_cut_read_is_not_done_at_once_if_either_part_would_wait(image, monkeypatch):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import time
 from collections import deque
 
 from pcivm.iovec import IoVec
@@ -127,10 +128,11 @@ class BackParts:
     io_uring is not to be had there is none, `start` says so, and the caller stops
     cutting reads."""
 
-    __slots__ = ("_ring",)
+    __slots__ = ("_ring", "_started")
 
     def __init__(self):
         self._ring: ReadRing | None = None
+        self._started = 0.0
 
     def start(self, fd: int, iov: IoVec, offset: int, flags: int) -> bool:
         """Start reading `iov` from `offset` (at most IOV_MAX ranges); False if there is no
@@ -141,6 +143,7 @@ class BackParts:
             if self._ring.busy:  # a wait that failed: its read may still be running
                 return False
             self._ring.start_readv(fd, iov.iovec_array(), iov.count, offset, flags, keep=iov)
+            self._started = time.perf_counter()
         except OSError as error:  # RingUnavailable among them
             log.debug("large reads are not cut: %s", error)
             return False
@@ -152,8 +155,14 @@ class BackParts:
         return not self._ring.done
 
     def wait(self) -> int:
-        """The bytes the part started last read, once it is done; raises its error."""
-        return self._ring.wait()
+        """The bytes the part started last read, once it is done; raises its error.
+
+        Called when the front part is done. The cut is placed so that both parts end
+        together (`SplitPolicy.front_done`), so the back is mostly done or nearly so:
+        the thread looks for its end, without sleeping, for as long as the back has
+        taken so far (as long as the front took, less the back's late start); a back
+        part that needs longer than that waits for something else, and is slept on."""
+        return self._ring.wait(spin=time.perf_counter() - self._started)
 
     def close(self) -> None:
         if self._ring is not None and not self._ring.busy:
