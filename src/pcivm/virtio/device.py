@@ -294,6 +294,7 @@ class VirtioDevice:
             self._process_queue_locked(index)
 
     def _process_queue_locked(self, index: int) -> None:
+        """`process_queue` for a caller that holds the device lock already."""
         queue = self.queues[index]
         if not self.driver_ok or not queue.active:
             return
