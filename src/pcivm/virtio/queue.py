@@ -247,11 +247,12 @@ class SplitQueue:
     def reset(self) -> None:
         self.size = self.max_size
         self.desc_addr = self.avail_addr = self.used_addr = 0
-        self._ready = self._stopped = False
-        self.active = False
+        self.ready = False
         # Set by the device from the negotiated features when the driver is done.
         self.event_idx = False
         self.indirect = False
+        # Stopped after a guest error on the legacy interface: no processing until reset.
+        self.stopped = False
         self.last_avail_idx = 0
         self.used_idx = 0
         self._signalled_used = 0
@@ -322,28 +323,9 @@ class SplitQueue:
         self._used_elems = views[2][: 4 + VIRTQ_USED_ELEM_SIZE * size].cast("I")
         self.ready = True
 
-    # `active` (ready and not stopped) is read on every kick: a plain attribute, set
-    # whenever either of the two changes.
-
     @property
-    def ready(self) -> bool:
-        """Enabled by the driver, the rings checked (`enable`)."""
-        return self._ready
-
-    @ready.setter
-    def ready(self, value: bool) -> None:
-        self._ready = value
-        self.active = value and not self._stopped
-
-    @property
-    def stopped(self) -> bool:
-        """Stopped after a guest error on the legacy interface: no processing until reset."""
-        return self._stopped
-
-    @stopped.setter
-    def stopped(self, value: bool) -> None:
-        self._stopped = value
-        self.active = self._ready and not value
+    def active(self) -> bool:
+        return self.ready and not self.stopped
 
     # --- the available side ----------------------------------------------------------------
 
@@ -353,26 +335,17 @@ class SplitQueue:
             return 0
         ahead = (self._avail[1] - self.last_avail_idx) & 0xFFFF
         if ahead > self.size:
-            raise self._runaway(ahead)
+            raise VirtqueueError(
+                f"queue {self.index}: available index moved {ahead} entries ahead of "
+                f"{self.last_avail_idx} (queue size {self.size})"
+            )
         return ahead
-
-    def _runaway(self, ahead: int) -> VirtqueueError:
-        return VirtqueueError(
-            f"queue {self.index}: available index moved {ahead} entries ahead of "
-            f"{self.last_avail_idx} (queue size {self.size})"
-        )
 
     def pop(self) -> DescriptorChain | None:
         """The next available chain, validated, or None when there is none."""
-        # `pending`, written out: this runs on every kick, and once more to find none.
-        if not self.active:
+        if not self.pending():
             return None
         last = self.last_avail_idx
-        ahead = (self._avail[1] - last) & 0xFFFF
-        if not ahead:
-            return None
-        if ahead > self.size:
-            raise self._runaway(ahead)
         # The ring entry is read after the index (see the module docstring).
         chain = self._walk(self._avail[2 + last % self.size])
         self.last_avail_idx = (last + 1) & 0xFFFF
