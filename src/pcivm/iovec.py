@@ -259,18 +259,18 @@ class IoVec:
 
     def _transfer(self, with_views, with_vector, fd: int, offset: int, flags: int) -> int:
         views = self._views
+        if views is None and self.count > FEW_RANGES:
+            count = min(self.count, IOV_MAX)
+            while True:
+                # The bytes object is passed as the address of its contents; ctypes
+                # releases the GIL for the call, as os.preadv does.
+                done = with_vector(fd, self._vector, count, offset, flags)
+                if done >= 0:
+                    return done
+                error = ctypes.get_errno()
+                if error != errno.EINTR:
+                    raise OSError(error, os.strerror(error))
         if views is None:
-            if self.count > FEW_RANGES:
-                count = min(self.count, IOV_MAX)
-                while True:
-                    # The bytes object is passed as the address of its contents; ctypes
-                    # releases the GIL for the call, as os.preadv does.
-                    done = with_vector(fd, self._vector, count, offset, flags)
-                    if done >= 0:
-                        return done
-                    error = ctypes.get_errno()
-                    if error != errno.EINTR:
-                        raise OSError(error, os.strerror(error))
             views = self.views()
         elif len(views) > IOV_MAX:
             views = views[:IOV_MAX]
